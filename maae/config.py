@@ -1,0 +1,256 @@
+"""The one configuration object of MAAE, its two presets, and its validation.
+
+Every tunable number of the model and its training lives here, with the paper's value as the default where
+the paper gives one (section 3.1 of the paper). The config is validated once, where it enters the program
+(command line, search space, checkpoint), and is read-only afterwards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+from maae.errors import ConfigError
+
+ATTENTION_KINDS = ("mixed", "spatial")
+NOISE_KINDS = ("ang", "jitter", "none")
+PARADIGMS = ("unified", "separate")
+PRESETS = ("quick", "paper")
+
+
+@dataclass(frozen=True)
+class MAAEConfig:
+    """Hyperparameters of one MAAE training run.
+
+    Names are the user-facing ones: search spaces, ``--set key=value`` and ``config.json`` use them.
+    """
+
+    # Adaptive noise generator (paper 2.2): eps' = noise_intensity * W (.) eps, eps ~ N(0, 1).
+    noise_intensity: float = 1.0
+    lambda_ang: float = 0.6
+    lambda_re: float = 1.0
+    # Initial value of every entry of W; 1 makes the first noise a plain N(0, A^2).
+    ang_init: float = 1.0
+    # Mixed-attention auto encoder (paper 2.3).
+    dilation: int = 4
+    depth: int = 18
+    residual_every: int = 3
+    hidden_dim: int = 256
+    num_heads: int = 8
+    mlp_ratio: float = 2.0
+    # Ablation switches (paper Table 3).
+    use_ang: bool = True
+    use_ffm: bool = True
+    attention: str = "mixed"
+    # Which noise generator runs when use_ang is on: the paper's ANG, or UniAD's feature jitter.
+    noise: str = "ang"
+    jitter_scale: float = 20.0
+    jitter_prob: float = 1.0
+    # Backbone and input.
+    backbone: str = "tf_efficientnet_lite0"
+    # Weights for the backbone: "auto" (bundled Lite0 package, else timm's hub), "hub", "bundled", or a path.
+    backbone_weights: str = "auto"
+    image_size: int = 256
+    # Training (paper 3.1: Adam, lr 1e-4, batch 64).
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    paradigm: str = "unified"
+    seed: int = 0
+    # Evaluation: Gaussian smoothing of the upsampled anomaly map (pixels; 0 turns it off).
+    anomaly_map_sigma: float = 4.0
+    eval_batch_size: int = 32
+    # Frozen-backbone feature cache (computed once per data set, backbone and image size).
+    feature_cache: bool = True
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def effective_noise(self) -> str:
+        """The noise generator that actually runs: ``none`` when ``use_ang`` is off."""
+        return self.noise if self.use_ang else "none"
+
+    def replace(self, **changes: Any) -> MAAEConfig:
+        """A copy with ``changes`` applied and validated (names checked like :meth:`from_dict`)."""
+        return MAAEConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> MAAEConfig:
+        """Build a config from plain values, coercing each to its field's type.
+
+        ``source`` names where the values came from (a file, ``--set``) for the error message.
+        """
+        known = {f.name: f for f in fields(cls)}
+        coerced: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{source}: unknown field {key!r}; expected one of: {', '.join(sorted(known))}"
+                )
+            coerced[key] = _coerce(key, value, known[key].type, source)
+        try:
+            return cls(**coerced)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}") from None
+
+
+def preset(name: str) -> MAAEConfig:
+    """The named preset: ``paper`` (the paper's settings) or ``quick`` (2 CPU cores, minutes)."""
+    if name == "paper":
+        return MAAEConfig(
+            backbone="efficientnet_b4",
+            image_size=256,
+            lr=1e-4,
+            batch_size=64,
+            lambda_ang=0.6,
+            lambda_re=1.0,
+            dilation=4,
+            depth=18,
+            residual_every=3,
+            epochs=200,
+        )
+    if name == "quick":
+        # Lite0 at 128 px gives an 8x8 token grid; dilation 2 keeps the dilated conv inside that grid.
+        return MAAEConfig(
+            backbone="tf_efficientnet_lite0",
+            image_size=128,
+            hidden_dim=128,
+            num_heads=4,
+            depth=6,
+            residual_every=3,
+            dilation=2,
+            batch_size=16,
+            lr=1e-3,
+            epochs=12,
+            anomaly_map_sigma=2.0,
+        )
+    raise ConfigError(f"preset: unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")
+
+
+def parse_set_arguments(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``--set key=value`` pairs into raw values (typed later by :meth:`MAAEConfig.from_dict`)."""
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: expected key=value, got {pair!r}")
+        values[key.strip()] = value.strip()
+    return values
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _coerce(name: str, value: Any, type_name: Any, source: str) -> Any:
+    type_name = getattr(type_name, "__name__", type_name)
+    try:
+        if type_name == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+                return value.lower() in _TRUE
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            raise ValueError
+        if type_name == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                return int(value)
+            return int(value)
+        if type_name == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if type_name == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: field {name!r} expects {type_name}, got {value!r}") from None
+    return value
+
+
+def _check(condition: bool, name: str, expected: str, value: Any) -> None:
+    if not condition:
+        raise ConfigError(f"field {name!r} expects {expected}, got {value!r}")
+
+
+def _validate(cfg: MAAEConfig) -> None:
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float):
+            _check(math.isfinite(value), f.name, "a finite number", value)
+    _check(cfg.noise_intensity >= 0, "noise_intensity", "a number >= 0", cfg.noise_intensity)
+    _check(cfg.lambda_ang >= 0, "lambda_ang", "a number >= 0", cfg.lambda_ang)
+    _check(cfg.lambda_re >= 0, "lambda_re", "a number >= 0", cfg.lambda_re)
+    _check(cfg.ang_init > 0, "ang_init", "a number > 0", cfg.ang_init)
+    _check(cfg.dilation >= 1, "dilation", "an integer >= 1", cfg.dilation)
+    _check(cfg.depth >= 1, "depth", "an integer >= 1", cfg.depth)
+    _check(
+        1 <= cfg.residual_every <= cfg.depth,
+        "residual_every",
+        f"an integer between 1 and depth ({cfg.depth})",
+        cfg.residual_every,
+    )
+    _check(cfg.hidden_dim >= 8, "hidden_dim", "an integer >= 8", cfg.hidden_dim)
+    _check(cfg.num_heads >= 1, "num_heads", "an integer >= 1", cfg.num_heads)
+    _check(
+        cfg.hidden_dim % cfg.num_heads == 0,
+        "num_heads",
+        f"a divisor of hidden_dim ({cfg.hidden_dim})",
+        cfg.num_heads,
+    )
+    _check(cfg.mlp_ratio > 0, "mlp_ratio", "a number > 0", cfg.mlp_ratio)
+    _check(cfg.attention in ATTENTION_KINDS, "attention", f"one of {ATTENTION_KINDS}", cfg.attention)
+    _check(cfg.noise in NOISE_KINDS, "noise", f"one of {NOISE_KINDS}", cfg.noise)
+    _check(cfg.jitter_scale > 0, "jitter_scale", "a number > 0", cfg.jitter_scale)
+    _check(0 <= cfg.jitter_prob <= 1, "jitter_prob", "a number in [0, 1]", cfg.jitter_prob)
+    _check(bool(cfg.backbone.strip()), "backbone", "a timm model name", cfg.backbone)
+    _check(bool(cfg.backbone_weights.strip()), "backbone_weights", "auto, hub, bundled or a path",
+           cfg.backbone_weights)
+    _check(
+        cfg.image_size >= 32 and cfg.image_size % 16 == 0,
+        "image_size",
+        "a multiple of 16 that is >= 32 (the backbone's stride-16 grid)",
+        cfg.image_size,
+    )
+    _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
+    _check(cfg.batch_size >= 1, "batch_size", "an integer >= 1", cfg.batch_size)
+    _check(cfg.lr > 0, "lr", "a number > 0", cfg.lr)
+    _check(cfg.weight_decay >= 0, "weight_decay", "a number >= 0", cfg.weight_decay)
+    _check(cfg.grad_clip >= 0, "grad_clip", "a number >= 0 (0 turns clipping off)", cfg.grad_clip)
+    _check(cfg.paradigm in PARADIGMS, "paradigm", f"one of {PARADIGMS}", cfg.paradigm)
+    _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
+    _check(cfg.anomaly_map_sigma >= 0, "anomaly_map_sigma", "a number >= 0", cfg.anomaly_map_sigma)
+    _check(cfg.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", cfg.eval_batch_size)
+
+
+__all__ = [
+    "ATTENTION_KINDS",
+    "MAAEConfig",
+    "NOISE_KINDS",
+    "PARADIGMS",
+    "PRESETS",
+    "parse_set_arguments",
+    "preset",
+]
