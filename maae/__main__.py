@@ -1,0 +1,5 @@
+import sys
+
+from maae.cli import main
+
+sys.exit(main())

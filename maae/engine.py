@@ -1,0 +1,323 @@
+"""Training of MAAE: the one training step, the optimisers, and an epoch-level training session.
+
+:func:`train_step` is the single place where a batch updates the model. The plain-Python command line and
+the Ray Train worker of the study platform both call it unchanged: it takes the (possibly DDP-wrapped)
+model and its optimisers as arguments, keeps no global state, and returns its metrics as plain floats.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+
+from maae.backbone import FrozenBackbone, backbone_fingerprint, build_backbone
+from maae.config import MAAEConfig
+from maae.data import AnomalyDataset, Sample, list_samples, load_mask, resolve_categories
+from maae.features import StageFeatures, default_cache_dir, load_or_compute
+from maae.model import MAAEModel, build_model
+from maae.model.loss import reconstruction_loss
+
+UNIFIED_KEY = "__unified__"
+ProgressFn = Callable[[str], None]
+ModelWrapper = Callable[[nn.Module], nn.Module]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The reconstruction loss became NaN or infinite: the run cannot continue."""
+
+
+@dataclass
+class Optimizers:
+    """Adam for the auto encoder (and FFM), and a separate Adam for ANG's W (the adversary)."""
+
+    model: torch.optim.Optimizer
+    noise: torch.optim.Optimizer | None = None
+
+    def zero_grad(self) -> None:
+        self.model.zero_grad(set_to_none=True)
+        if self.noise is not None:
+            self.noise.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(),
+                "noise": self.noise.state_dict() if self.noise is not None else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.noise is not None and state.get("noise") is not None:
+            self.noise.load_state_dict(state["noise"])
+
+
+def unwrap(model: nn.Module) -> MAAEModel:
+    """The MAAE inside a DistributedDataParallel (or any ``.module``) wrapper."""
+    return getattr(model, "module", model)
+
+
+def build_optimizers(model: nn.Module, config: MAAEConfig) -> Optimizers:
+    core = unwrap(model)
+    ang = core.adaptive_noise
+    noise_params = {id(p) for p in ang.parameters()} if ang is not None else set()
+    model_params = [p for p in core.parameters() if id(p) not in noise_params and p.requires_grad]
+    model_opt = torch.optim.Adam(model_params, lr=config.lr, weight_decay=config.weight_decay)
+    noise_opt = torch.optim.Adam(ang.parameters(), lr=config.lr) if ang is not None else None
+    return Optimizers(model=model_opt, noise=noise_opt)
+
+
+def train_step(
+    model: nn.Module, optimizers: Optimizers, stages: Sequence[torch.Tensor], config: MAAEConfig,
+) -> dict[str, float]:
+    """One optimisation step on one batch of backbone stages; returns ``loss`` and ``noise_norm``.
+
+    One backward pass serves both players: the auto encoder (and FFM) descend ``L_e``; ANG's W receives
+    ``dL_e/dW`` too, which :meth:`AdaptiveNoiseGenerator.adversarial_gradient` turns into the gradient of
+    ``L_ANG = -lambda_ang L_e + lambda_re ||W||_2`` before its own optimiser steps.
+    """
+    core = unwrap(model)
+    model.train()
+    optimizers.zero_grad()
+    output = model(stages)
+    loss = reconstruction_loss(output.reconstruction, output.target)
+    if not torch.isfinite(loss):
+        raise NonFiniteLossError(f"reconstruction loss is {loss.item()} (lr={config.lr}, "
+                                 f"noise_intensity={config.noise_intensity})")
+    loss.backward()
+    ang = core.adaptive_noise
+    if ang is not None:
+        ang.adversarial_gradient(config.lambda_ang, config.lambda_re)
+    if config.grad_clip > 0:
+        params = [p for group in optimizers.model.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizers.model.step()
+    if optimizers.noise is not None:
+        optimizers.noise.step()
+    metrics = {"loss": float(loss.detach())}
+    if ang is not None:
+        metrics["noise_norm"] = float(ang.regulariser().detach())
+    return metrics
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# --------------------------------------------------------------------------------------------- data ---
+
+@dataclass
+class CategoryData:
+    """One category's training source and test set (features, labels, masks)."""
+
+    category: str
+    train_samples: list[Sample]
+    test: StageFeatures
+    train_features: StageFeatures | None = None  # None when the feature cache is off
+    _masks: np.ndarray | None = field(default=None, repr=False)
+
+    def masks(self, image_size: int) -> np.ndarray:
+        if self._masks is None:
+            self._masks = np.stack([load_mask(s.mask_path, image_size) for s in self.test.samples])
+        return self._masks
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.test.samples], dtype=np.int64)
+
+
+@dataclass
+class PreparedData:
+    """Everything a training session reads: per-category features and the backbone that made them."""
+
+    root: Path
+    categories: list[str]
+    stage_channels: tuple[int, ...]
+    per_category: dict[str, CategoryData]
+    backbone: FrozenBackbone
+    backbone_fingerprint: str
+
+
+def prepare_data(
+    config: MAAEConfig, root: Path, categories: Sequence[str] | None, *, device: torch.device,
+    cache_dir: Path | None = None, progress: ProgressFn | None = None, need_train: bool = True,
+) -> PreparedData:
+    """Resolve categories, build the frozen backbone and load (or compute and cache) the features."""
+    root = Path(root)
+    chosen = resolve_categories(root, categories)
+    backbone = build_backbone(config.backbone, config.backbone_weights).to(device)
+    fingerprint = backbone_fingerprint(config.backbone, config.backbone_weights)
+    use_cache = cache_dir if cache_dir is not None else (default_cache_dir() if config.feature_cache else None)
+    if not config.feature_cache:
+        use_cache = None
+    per_category: dict[str, CategoryData] = {}
+    for category in chosen:
+        common = dict(image_size=config.image_size, backbone_fingerprint=fingerprint, cache_dir=use_cache,
+                      batch_size=config.eval_batch_size, device=device, progress=progress)
+        train_samples = list_samples(root, category, "train") if need_train else []
+        test = load_or_compute(backbone, list_samples(root, category, "test"), label=f"{category}/test",
+                               **common)
+        train = None
+        if need_train and config.feature_cache:
+            train = load_or_compute(backbone, train_samples, label=f"{category}/train", **common)
+        per_category[category] = CategoryData(category, train_samples, test, train)
+    return PreparedData(root, chosen, tuple(backbone.channels), per_category, backbone, fingerprint)
+
+
+class _CachedStages(Dataset):
+    """Training items from cached features: item i is the list of its stage tensors."""
+
+    def __init__(self, blocks: Sequence[StageFeatures]) -> None:
+        self.blocks = list(blocks)
+        self.index = [(b, i) for b, block in enumerate(self.blocks) for i in range(len(block))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, item: int) -> list[torch.Tensor]:
+        block, row = self.index[item]
+        return [torch.from_numpy(np.asarray(stage[row], dtype=np.float32)) for stage in self.blocks[block].stages]
+
+
+class _LiveImages(Dataset):
+    """Training items as images, for runs without the feature cache (backbone recomputed every step)."""
+
+    def __init__(self, samples: Sequence[Sample], image_size: int, categories: Sequence[str]) -> None:
+        self.images = AnomalyDataset(samples, image_size, categories)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, item: int) -> torch.Tensor:
+        return self.images[item]["image"]
+
+
+# ------------------------------------------------------------------------------------------ session ---
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    images: int
+    seconds: float
+    noise_norm: float | None = None
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else math.nan
+
+
+class TrainingSession:
+    """The models (one unified, or one per category), their optimisers, and their training data.
+
+    ``wrap_model`` lets a distributed launcher wrap each model (e.g. in DDP) without this module knowing
+    about the launcher. When ``torch.distributed`` is initialised, each rank trains on its own shard.
+    """
+
+    def __init__(
+        self, config: MAAEConfig, data: PreparedData, *, device: torch.device,
+        wrap_model: ModelWrapper | None = None,
+    ) -> None:
+        self.config = config
+        self.data = data
+        self.device = device
+        self.epoch = 0
+        seed_everything(config.seed)
+        keys = [UNIFIED_KEY] if config.paradigm == "unified" else list(data.categories)
+        self.models: dict[str, nn.Module] = {}
+        self.optimizers: dict[str, Optimizers] = {}
+        self.loaders: dict[str, DataLoader] = {}
+        for key in keys:
+            model: nn.Module = build_model(config, data.stage_channels).to(device)
+            if wrap_model is not None:
+                model = wrap_model(model)
+            self.models[key] = model
+            self.optimizers[key] = build_optimizers(model, config)
+            categories = data.categories if key == UNIFIED_KEY else [key]
+            self.loaders[key] = self._loader(categories)
+
+    def _loader(self, categories: Sequence[str]) -> DataLoader:
+        config = self.config
+        if config.feature_cache:
+            dataset: Dataset = _CachedStages([self.data.per_category[c].train_features for c in categories])
+        else:
+            samples = [s for c in categories for s in self.data.per_category[c].train_samples]
+            dataset = _LiveImages(samples, config.image_size, self.data.categories)
+        if len(dataset) == 0:
+            raise ValueError(f"no training images for categories {list(categories)}")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed)
+        else:
+            generator = torch.Generator().manual_seed(config.seed)
+            sampler = RandomSampler(dataset, generator=generator)
+        batch_size = min(config.batch_size, len(dataset))
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True)
+
+    def core_model(self, key: str) -> MAAEModel:
+        return unwrap(self.models[key])
+
+    def model_for(self, category: str) -> MAAEModel:
+        return self.core_model(UNIFIED_KEY if UNIFIED_KEY in self.models else category)
+
+    def train_epoch(self) -> EpochStats:
+        """One pass over every model's training data; returns mean loss and throughput."""
+        started = time.perf_counter()
+        losses: list[float] = []
+        noise_norms: list[float] = []
+        images = 0
+        for key, loader in self.loaders.items():
+            if isinstance(loader.sampler, DistributedSampler):
+                loader.sampler.set_epoch(self.epoch)
+            for batch in loader:
+                stages = self._stages(batch)
+                metrics = train_step(self.models[key], self.optimizers[key], stages, self.config)
+                losses.append(metrics["loss"])
+                if "noise_norm" in metrics:
+                    noise_norms.append(metrics["noise_norm"])
+                images += stages[0].shape[0]
+        self.epoch += 1
+        return EpochStats(
+            epoch=self.epoch, loss=float(np.mean(losses)), images=images,
+            seconds=time.perf_counter() - started,
+            noise_norm=float(np.mean(noise_norms)) if noise_norms else None,
+        )
+
+    def _stages(self, batch: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
+        if isinstance(batch, torch.Tensor):  # images: run the frozen backbone now
+            with torch.no_grad():
+                return [s.float() for s in self.data.backbone(batch.to(self.device))]
+        return [stage.to(self.device, non_blocking=True) for stage in batch]
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume or to deploy (readable with ``torch.load(weights_only=True)``)."""
+        return {
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "config": self.config.to_dict(),
+            "categories": list(self.data.categories),
+            "stage_channels": list(self.data.stage_channels),
+            "backbone_fingerprint": self.data.backbone_fingerprint,
+            "epoch": self.epoch,
+            "models": {key: self.core_model(key).state_dict() for key in self.models},
+            "optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, model_state in state["models"].items():
+            self.core_model(key).load_state_dict(model_state)
+        for key, opt_state in state.get("optimizers", {}).items():
+            self.optimizers[key].load_state_dict(opt_state)
+        self.epoch = int(state["epoch"])
+
+
+CHECKPOINT_FORMAT_VERSION = 1

@@ -1,0 +1,95 @@
+"""Merging the backbone's four stages into one stride-16 feature map.
+
+Two merges, selected by ``use_ffm``:
+
+* :class:`FeatureFusionModule` (paper 2.1): the lowest stage is down-sampled by a 3x3 stride-2 convolution
+  that keeps its channel count, concatenated with the next stage, and the result becomes the new low level;
+  repeated until stride 16.
+* :class:`BilinearMerge`, the ablation baseline (UniAD's merge): every stage is bilinearly resized to the
+  stride-16 grid and the stages are concatenated.
+
+Both end in a per-channel standardisation without learnable scale (:class:`torch.nn.BatchNorm2d` with
+``affine=False``). That is how a *trainable* FFM cannot collapse the very target it produces: whatever the
+convolutions learn, every output channel has unit variance over the batch, so a constant output (zero loss)
+is unreachable. The auto encoder's target is additionally detached (see :mod:`maae.model.torch_model`), so
+the reconstruction loss never pulls the target towards the reconstruction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DOWNSAMPLE_KERNEL = 3
+DOWNSAMPLE_STRIDE = 2
+
+
+class FeatureFusionModule(nn.Module):
+    """Iterative strided-convolution fusion of stages with strides 2, 4, 8, 16 (paper Fig. 3a)."""
+
+    def __init__(self, stage_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.stage_channels = tuple(stage_channels)
+        downsamplers = []
+        low_channels = self.stage_channels[0]
+        for next_channels in self.stage_channels[1:]:
+            downsamplers.append(_channel_preserving_downsampler(low_channels))
+            low_channels += next_channels
+        self.downsamplers = nn.ModuleList(downsamplers)
+        self.out_channels = low_channels
+        self.norm = nn.BatchNorm2d(self.out_channels, affine=False)
+
+    def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+        low = stages[0]
+        for downsample, high in zip(self.downsamplers, stages[1:], strict=True):
+            low = downsample(low)
+            if low.shape[-2:] != high.shape[-2:]:
+                # Odd sizes (e.g. 7 -> 4 vs 3) only happen off the multiple-of-16 grid; align to the deeper stage.
+                low = F.interpolate(low, size=high.shape[-2:], mode="bilinear", align_corners=False)
+            low = torch.cat([low, high], dim=1)
+        return self.norm(low)
+
+
+class BilinearMerge(nn.Module):
+    """UniAD's merge: resize every stage to the last stage's grid, then concatenate (ablation baseline)."""
+
+    def __init__(self, stage_channels: Sequence[int]) -> None:
+        super().__init__()
+        self.out_channels = sum(stage_channels)
+        self.norm = nn.BatchNorm2d(self.out_channels, affine=False)
+
+    def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
+        size = stages[-1].shape[-2:]
+        resized = [
+            stage if stage.shape[-2:] == size
+            else F.interpolate(stage, size=size, mode="bilinear", align_corners=False)
+            for stage in stages
+        ]
+        return self.norm(torch.cat(resized, dim=1))
+
+
+def build_merge(stage_channels: Sequence[int], use_ffm: bool) -> FeatureFusionModule | BilinearMerge:
+    """The stage merge named by the ``use_ffm`` switch."""
+    return FeatureFusionModule(stage_channels) if use_ffm else BilinearMerge(stage_channels)
+
+
+def _channel_preserving_downsampler(channels: int) -> nn.Conv2d:
+    """A 3x3 stride-2 convolution with ``channels`` in and out.
+
+    Initialised as a per-channel 3x3 average, so training starts from an anti-aliased down-sampling of each
+    channel on its own (a sensible fusion) rather than from a random mixing of channels.
+    """
+    conv = nn.Conv2d(
+        channels, channels, kernel_size=DOWNSAMPLE_KERNEL, stride=DOWNSAMPLE_STRIDE,
+        padding=DOWNSAMPLE_KERNEL // 2, bias=True,
+    )
+    with torch.no_grad():
+        conv.weight.zero_()
+        taps = DOWNSAMPLE_KERNEL * DOWNSAMPLE_KERNEL
+        for channel in range(channels):
+            conv.weight[channel, channel].fill_(1.0 / taps)
+        conv.bias.zero_()
+    return conv
