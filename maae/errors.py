@@ -27,4 +27,4 @@ class BackboneError(MAAEError):
 
 
 class MetricError(MAAEError, ValueError):
-    """Inputs on which a metric is undefined (e.g. a category with no defective image)."""
+    """Malformed metric inputs (wrong shapes, non-binary masks, NaN scores); undefined metrics give NaN instead."""

@@ -245,9 +245,7 @@ def _ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[float, flo
     recall = true_pos / n_positive
     average_precision = float(np.sum(np.diff(recall) * precision[1:]))
     denominator = precision + recall
-    f1 = np.divide(
-        2.0 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0
-    )
+    f1 = np.divide(2.0 * precision * recall, denominator, out=np.zeros_like(denominator), where=denominator > 0)
     return auroc, average_precision, float(np.max(f1))
 
 
@@ -278,18 +276,14 @@ def _warn_nan(where: str, metric_names: tuple[str, ...], reason: str) -> None:
     )
 
 
-def _validate_image_inputs(
-    image_scores: np.ndarray, image_labels: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def _validate_image_inputs(image_scores: np.ndarray, image_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Image scores as float64 [n] and labels as int8 [n] in {0, 1}; MetricError otherwise."""
     scores = np.asarray(image_scores)
     labels = np.asarray(image_labels)
     if scores.ndim != 1 or scores.size == 0:
         raise MetricError(f"image_scores: expected a non-empty 1-D array [n], got shape {scores.shape}")
     if labels.shape != scores.shape:
-        raise MetricError(
-            f"image_labels: expected shape {scores.shape} like image_scores, got {labels.shape}"
-        )
+        raise MetricError(f"image_labels: expected shape {scores.shape} like image_scores, got {labels.shape}")
     if not np.issubdtype(scores.dtype, np.number) or not np.all(np.isfinite(scores)):
         raise MetricError("image_scores: expected finite numbers, got NaN, inf or a non-numeric array")
     if not _is_binary(labels):
@@ -312,8 +306,7 @@ def _validate_pixel_inputs(anomaly_maps: np.ndarray, masks: np.ndarray) -> tuple
         raise MetricError("anomaly_maps: expected finite float32 scores, got NaN or inf")
     if not _is_binary(masks):
         raise MetricError(
-            "masks: expected values in {0, 1} (divide 0/255 masks by 255), "
-            f"got {np.unique(masks)[:5].tolist()}"
+            f"masks: expected values in {{0, 1}} (divide 0/255 masks by 255), got {np.unique(masks)[:5].tolist()}"
         )
     return maps, masks.astype(bool, copy=False)
 

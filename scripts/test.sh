@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Sets up the environment (if needed) and runs the whole test suite: lint, then pytest.
+# Installs Debian's chromium for the report's browser test when it is missing and we are root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[test] installing chromium for the browser test" >&2
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+    || echo "[test] chromium could not be installed; the browser test will be skipped" >&2
+fi
+.venv/bin/ruff check maae study tests benchmarks
+.venv/bin/python -m pytest "$@"
