@@ -42,6 +42,7 @@ BUNDLED_BACKBONE = "tf_efficientnet_lite0"
 WEIGHTS_AUTO = "auto"
 WEIGHTS_BUNDLED = "bundled"
 WEIGHTS_HUB = "hub"
+WEIGHTS_FILE = "file"  # the resolved source of a checkpoint path (not a value users write)
 
 # How long to wait for a TCP connection to the hub (or the HTTPS proxy) before treating it as unreachable.
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -180,7 +181,7 @@ def _resolve_source(name: str, weights: str) -> str:
             f"backbone_weights '{weights}': expected 'auto', 'bundled', 'hub' or the path of an existing "
             "checkpoint file"
         )
-    return "file"
+    return WEIGHTS_FILE
 
 
 def _load_classifier(name: str, weights: str) -> nn.Module:
@@ -190,10 +191,9 @@ def _load_classifier(name: str, weights: str) -> nn.Module:
     if source == WEIGHTS_HUB:
         return _hub_classifier(name)
     classifier = timm.create_model(name, pretrained=False)
-    if source == WEIGHTS_BUNDLED:
-        state_dict = _bundled_state_dict(classifier)
-    else:
-        state_dict = _read_checkpoint(Path(weights))
+    state_dict = (
+        _bundled_state_dict(classifier) if source == WEIGHTS_BUNDLED else _read_checkpoint(Path(weights))
+    )
     _load_strictly(classifier, state_dict, weights)
     return classifier
 
@@ -340,8 +340,7 @@ def _hub_classifier(name: str) -> nn.Module:
         config = timm.models.get_pretrained_cfg(name)
         hub_id = getattr(config, "hf_hub_id", None)
         if not hub_id:
-            # No hub repository: timm downloads from a plain URL (torch.hub cache), which fails fast offline.
-            return timm.create_model(name, pretrained=True)
+            return _url_classifier(name, getattr(config, "url", None))
         path = _hub_download(hub_id, config.hf_hub_filename)
         # timm loads the file itself so that the model's own checkpoint filter and strict loading apply.
         return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path, "source": None})
@@ -384,6 +383,21 @@ def _hub_download(hub_id: str, filename: str | None) -> str:
         where = cache_dir or constants.HF_HUB_CACHE
         raise RuntimeError(f"{repo_id} is not in the hub cache {where} and {cache_only_because}")
     raise RuntimeError(f"{repo_id}: download failed: {_reason(last_error)}")
+
+
+def _url_classifier(name: str, url: str | None) -> nn.Module:
+    """The classifier from timm's plain-URL weights (a few models have no hub repository), when reachable.
+
+    Reachability is checked first because a plain download has no timeout of its own; so these weights
+    need a network even when torch.hub has cached them.
+    """
+    if url:
+        if _env_flag("HF_HUB_OFFLINE"):
+            raise RuntimeError(f"the weights are only at {url} and HF_HUB_OFFLINE is set")
+        if not _reachable(url):
+            raise RuntimeError(f"the weights are only at {url}, which is unreachable")
+    # Without a URL, timm itself reports that the model has no pretrained weights.
+    return timm.create_model(name, pretrained=True)
 
 
 def _hub_cache_dir() -> str | None:

@@ -15,8 +15,9 @@ exactly the set of pixels whose value changed, because changes smaller than :dat
 A draw is kept only when its mask covers at least :data:`MIN_DEFECT_AREA` of the image and most of its
 pixels change by :data:`VISIBLE_CHANGE` or more (so "subtle" never means "invisible").
 
-Everything is drawn from ``numpy.random.SeedSequence([seed, category, split, defect, index])``, so the same
-seed gives byte-identical PNG files, and any one image can be re-rendered alone (:func:`render_sample`).
+Each image is drawn from its own ``numpy.random.SeedSequence([seed, crc32(category), split, defect, index])``,
+so the same seed gives byte-identical PNG files (with the same zlib), and any one image can be re-rendered
+alone (:func:`render_sample`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import math
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +60,8 @@ SUPERSAMPLE = 4
 # Thin strokes never get thinner than this many pixels, whatever the image size.
 MIN_STROKE_PX = 2.0
 BYTE_MAX = 255
+# zlib level 1: these photographic images compress no better at the default level 6, which is 4x slower.
+PNG_COMPRESS_LEVEL = 1
 
 # Texture photographs: crop side as a fraction of the photo, and the per-image photometric jitter.
 CROP_FRACTION = (0.5, 0.62)
@@ -465,7 +469,7 @@ def _render_bottle_cap(rng: np.random.Generator, ctx: Context) -> Scene:
 
 def _scratch(scene: Scene, rng: np.random.Generator, ctx: Context, colour: Colour,
              strength: float) -> tuple[np.ndarray, np.ndarray]:
-    """A thin light curve (low contrast, usually under 1 % of the image)."""
+    """A thin curve of ``colour`` (low contrast, usually under 1 % of the image)."""
     start = _pick_point(rng, ctx, scene.core)
     path = _bezier(rng, start, rng.uniform(0.2, 0.38), bend=0.08)
     alpha = _polyline_alpha(ctx, path, ctx.stroke_width(rng.uniform(0.008, 0.012)))
@@ -474,7 +478,7 @@ def _scratch(scene: Scene, rng: np.random.Generator, ctx: Context, colour: Colou
 
 def _arc_scratch(scene: Scene, rng: np.random.Generator, ctx: Context, colour: Colour, strength: float,
                  radius: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """A thin light arc around the object centre (tool marks on a round face)."""
+    """A thin arc of ``colour`` around the object centre (a tool mark on a round face)."""
     centre = np.array([scene.geometry["cx"], scene.geometry["cy"]])
     ring = rng.uniform(*radius)
     start = rng.uniform(0, 2 * math.pi)
@@ -604,7 +608,7 @@ CATEGORIES: tuple[CategorySpec, ...] = (
         "foreign_patch": partial(_foreign_patch, photo="grass"),
     }),
     CategorySpec("hex_nut", _render_hex_nut, {
-        "scratch": partial(_arc_scratch, colour=PALE, strength=0.8, radius=(0.17, 0.23)),
+        "scratch": partial(_arc_scratch, colour=(0.25, 0.25, 0.27), strength=0.75, radius=(0.17, 0.23)),
         "missing_chip": _missing_chip,
         "rust": partial(_stain, colour=(0.50, 0.22, 0.08), strength=0.9, radius=(0.035, 0.06)),
     }),
@@ -619,7 +623,8 @@ CATEGORIES: tuple[CategorySpec, ...] = (
         "paint_spot": partial(_stain, colour=(0.95, 0.82, 0.15), strength=0.9, radius=(0.025, 0.045)),
     }),
 )
-CATEGORY_NAMES: tuple[str, ...] = tuple(spec.name for spec in CATEGORIES)
+# Sorted, as maae.data.discover_categories lists them.
+CATEGORY_NAMES: tuple[str, ...] = tuple(sorted(spec.name for spec in CATEGORIES))
 _SPLIT_CODES = {"train": 0, "test": 1}
 
 
@@ -642,15 +647,17 @@ def _to_bytes(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * BYTE_MAX), 0, BYTE_MAX).astype(np.uint8)
 
 
-def _category(name: str) -> tuple[int, CategorySpec]:
-    for number, spec in enumerate(CATEGORIES):
+def _category(name: str) -> CategorySpec:
+    for spec in CATEGORIES:
         if spec.name == name:
-            return number, spec
+            return spec
     raise ConfigError(f"embedded category {name!r} is unknown; expected one of {', '.join(CATEGORY_NAMES)}")
 
 
-def _sample_rng(seed: int, category: int, split: str, defect: int, index: int) -> np.random.Generator:
-    return np.random.default_rng(np.random.SeedSequence([seed, category, _SPLIT_CODES[split], defect, index]))
+def _sample_rng(seed: int, category: str, split: str, defect: int, index: int) -> np.random.Generator:
+    """The generator of one image; keyed by the category's name, so adding a category changes no other."""
+    key = zlib.crc32(category.encode())
+    return np.random.default_rng(np.random.SeedSequence([seed, key, _SPLIT_CODES[split], defect, index]))
 
 
 def render_sample(category: str, defect: str, seed: int = 0, index: int = 0, split: str = "test",
@@ -659,13 +666,13 @@ def render_sample(category: str, defect: str, seed: int = 0, index: int = 0, spl
 
     The same arguments always give the same pixels; :func:`generate_dataset` saves exactly these.
     """
-    number, spec = _category(category)
+    spec = _category(category)
     kinds = list(spec.defects)
     if defect != "good" and defect not in spec.defects:
         raise ConfigError(f"defect {defect!r} of embedded category {category!r} is unknown; "
                           f"expected good or one of {', '.join(kinds)}")
     ctx = ctx if ctx is not None and ctx.size == image_size else Context.create(image_size)
-    rng = _sample_rng(seed, number, split, 0 if defect == "good" else kinds.index(defect) + 1, index)
+    rng = _sample_rng(seed, category, split, 0 if defect == "good" else kinds.index(defect) + 1, index)
     scene = spec.render(rng, ctx)
     clean = _to_bytes(np.clip(scene.albedo * scene.lighting, 0.0, 1.0))
     if defect == "good":
@@ -685,7 +692,7 @@ def render_sample(category: str, defect: str, seed: int = 0, index: int = 0, spl
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:
-    Image.fromarray(array).save(path, format="PNG")
+    Image.fromarray(array).save(path, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
 
 
 def _check_count(name: str, value: int, minimum: int) -> None:

@@ -1,0 +1,578 @@
+"""Search spaces: the YAML schema of ``search_spaces/*.yaml``, its validation, and its translation for Tune.
+
+A space file says what a study varies and how it is judged (see ``search_spaces/README.md`` for the schema).
+Everything is checked here, before Ray starts, and every problem is one :class:`~maae.errors.ConfigError`
+line naming the file, the field and what was expected. Nothing in this module imports Ray or Optuna at import
+time: the translation functions import them when called.
+
+Two kinds of study come out of a file:
+
+- ``search``: ``search:`` names parameters with ranges or choices; Optuna's TPE sampler proposes
+  ``num_samples`` trials and ASHA may stop bad ones early.
+- ``grid``: ``grid:`` names parameters with lists of values; every combination runs (``num_samples`` times),
+  with no searcher and no early stopping, as an ablation needs. A file with neither is a grid of one trial.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from maae.config import PRESETS, MAAEConfig, preset
+from maae.errors import ConfigError
+from maae.metrics import METRIC_NAMES
+
+KIND_SEARCH = "search"
+KIND_GRID = "grid"
+MODES = ("max", "min")
+PARAM_FLOAT = "float"
+PARAM_INT = "int"
+PARAM_CATEGORICAL = "categorical"
+PARAM_TYPES = (PARAM_FLOAT, PARAM_INT, PARAM_CATEGORICAL)
+SCHEDULER_ASHA = "asha"
+SCHEDULER_NONE = "none"
+SCHEDULERS = (SCHEDULER_ASHA, SCHEDULER_NONE)
+
+DEFAULT_METRIC = "image_auroc"
+DEFAULT_MODE = "max"
+DEFAULT_SEARCH_SAMPLES = 8
+DEFAULT_GRID_REPEATS = 1
+DEFAULT_PRESET = "quick"
+DEFAULT_GRACE_PERIOD = 2
+DEFAULT_REDUCTION_FACTOR = 2
+DEFAULT_EVAL_EVERY = 1
+# Study names become folder names under results/ and Ray experiment names.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+TOP_LEVEL_KEYS = ("name", "description", "metric", "mode", "num_samples", "preset", "fixed", "search", "grid",
+                  "scheduler", "eval_every")
+PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
+SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
+# The field named in a MAAEConfig validation message ("field 'depth' expects ...").
+_FIELD_IN_MESSAGE = re.compile(r"field '([A-Za-z_]+)'")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One searched parameter: a float or int range (optionally log-scaled or stepped), or a choice list."""
+
+    name: str
+    type: str
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] = ()
+
+    def describe(self) -> str:
+        if self.type == PARAM_CATEGORICAL:
+            return f"{self.name} in {list(self.choices)}"
+        scale = " log" if self.log else ""
+        step = f" step {self.step}" if self.step is not None else ""
+        return f"{self.name} {self.type} [{self.low}, {self.high}]{scale}{step}"
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Early stopping: ASHA over evaluated epochs, or none."""
+
+    type: str
+    grace_period: int = DEFAULT_GRACE_PERIOD
+    reduction_factor: float = DEFAULT_REDUCTION_FACTOR
+
+
+@dataclass(frozen=True)
+class StudySpace:
+    """A validated search space file."""
+
+    path: Path
+    name: str
+    description: str
+    metrics: tuple[str, ...]
+    modes: tuple[str, ...]
+    num_samples: int
+    preset: str | None
+    fixed: dict[str, Any]
+    search: tuple[ParamSpec, ...]
+    grid: dict[str, tuple[Any, ...]]
+    scheduler: SchedulerSpec
+    eval_every: int
+    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return KIND_SEARCH if self.search else KIND_GRID
+
+    @property
+    def metric(self) -> str:
+        """The metric that picks the best trial (the first one of a multi-objective study)."""
+        return self.metrics[0]
+
+    @property
+    def mode(self) -> str:
+        return self.modes[0]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.metrics) > 1
+
+    @property
+    def searched(self) -> tuple[str, ...]:
+        """Names of the parameters that vary between trials."""
+        if self.search:
+            return tuple(p.name for p in self.search)
+        return tuple(self.grid)
+
+    @property
+    def grid_size(self) -> int:
+        """Number of combinations of a grid (1 for a grid with no axes)."""
+        return math.prod(len(values) for values in self.grid.values())
+
+    @property
+    def total_trials(self) -> int:
+        if self.kind == KIND_GRID:
+            return self.grid_size * self.num_samples
+        return self.num_samples
+
+    def with_overrides(self, *, name: str | None = None, num_samples: int | None = None) -> StudySpace:
+        """A copy with the command line's ``--name`` / ``--num-samples`` applied (validated)."""
+        changes: dict[str, Any] = {}
+        if name is not None:
+            changes["name"] = _check_name(name, "--name")
+        if num_samples is not None:
+            if num_samples < 1:
+                raise ConfigError(f"--num-samples: expected an integer >= 1, got {num_samples}")
+            changes["num_samples"] = num_samples
+        return _replace(self, **changes)
+
+
+def _replace(space: StudySpace, **changes: Any) -> StudySpace:
+    values = {f.name: getattr(space, f.name) for f in fields(space)}
+    values.update(changes)
+    return StudySpace(**values)
+
+
+# ------------------------------------------------------------------------------------------ loading ---
+
+def load_space(path: Path | str) -> StudySpace:
+    """Read and validate a space file; every problem is one ConfigError line naming file and field."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: search space file does not exist (expected a YAML file, "
+                          "e.g. search_spaces/ang.yaml)")
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML{where} ({problem})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a UTF-8 text file (expected YAML)") from None
+    return parse_space(raw, path)
+
+
+def parse_space(raw: Any, path: Path | str = "<space>") -> StudySpace:
+    """Validate an already parsed YAML document (a mapping) as a search space."""
+    path = Path(path)
+    src = str(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{src}: expected a mapping of study settings at the top level, "
+                          f"got {type(raw).__name__}")
+    unknown = [key for key in raw if key not in TOP_LEVEL_KEYS]
+    if unknown:
+        raise ConfigError(f"{src}: unknown key {unknown[0]!r}; expected some of: {', '.join(TOP_LEVEL_KEYS)}")
+
+    name = _check_name(raw.get("name", path.stem), f"{src}: name")
+    description = raw.get("description", "")
+    if not isinstance(description, str):
+        raise ConfigError(f"{src}: description: expected text, got {description!r}")
+    metrics, modes = _parse_objectives(raw, src)
+    preset_name = raw.get("preset")
+    if preset_name is not None and preset_name not in PRESETS:
+        raise ConfigError(f"{src}: preset: expected one of {', '.join(PRESETS)}, got {preset_name!r}")
+
+    fixed = _parse_fixed(raw.get("fixed"), src)
+    has_search = raw.get("search") is not None
+    has_grid = raw.get("grid") is not None
+    if has_search and has_grid:
+        raise ConfigError(f"{src}: expected either 'search' or 'grid', not both")
+    search = _parse_search(raw.get("search"), src) if has_search else ()
+    grid = _parse_grid(raw.get("grid"), src) if has_grid else {}
+    for name_ in (*[p.name for p in search], *grid):
+        if name_ in fixed:
+            raise ConfigError(f"{src}: fixed.{name_}: also varied by the space; expected it in one place")
+
+    kind = KIND_SEARCH if search else KIND_GRID
+    default_samples = DEFAULT_SEARCH_SAMPLES if kind == KIND_SEARCH else DEFAULT_GRID_REPEATS
+    num_samples = _positive_int(raw.get("num_samples", default_samples), f"{src}: num_samples")
+    eval_every = _positive_int(raw.get("eval_every", DEFAULT_EVAL_EVERY), f"{src}: eval_every")
+    scheduler = _parse_scheduler(raw.get("scheduler"), src, kind, len(metrics) > 1)
+    return StudySpace(path=path, name=name, description=description, metrics=metrics, modes=modes,
+                      num_samples=num_samples, preset=preset_name, fixed=fixed, search=search, grid=grid,
+                      scheduler=scheduler, eval_every=eval_every, raw=dict(raw))
+
+
+def _check_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise ConfigError(f"{where}: expected a name of letters, digits, '.', '_' or '-' "
+                          f"(a folder name), got {value!r}")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _parse_objectives(raw: Mapping, src: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    metric = raw.get("metric", DEFAULT_METRIC)
+    mode = raw.get("mode", DEFAULT_MODE)
+    metrics = tuple(metric) if isinstance(metric, list) else (metric,)
+    if not metrics:
+        raise ConfigError(f"{src}: metric: expected a metric name or a non-empty list of them")
+    for value in metrics:
+        if value not in METRIC_NAMES:
+            raise ConfigError(f"{src}: metric: unknown metric {value!r}; expected one of: "
+                              f"{', '.join(METRIC_NAMES)}")
+    if len(set(metrics)) != len(metrics):
+        raise ConfigError(f"{src}: metric: expected distinct metrics, got {list(metrics)}")
+    modes = tuple(mode) if isinstance(mode, list) else (mode,) * len(metrics)
+    if len(modes) != len(metrics):
+        raise ConfigError(f"{src}: mode: expected {len(metrics)} modes (one per metric), got {list(modes)}")
+    for value in modes:
+        if value not in MODES:
+            raise ConfigError(f"{src}: mode: expected one of {', '.join(MODES)}, got {value!r}")
+    return metrics, modes
+
+
+def _field_type(name: str, where: str) -> str:
+    types = {f.name: getattr(f.type, "__name__", f.type) for f in fields(MAAEConfig)}
+    if name not in types:
+        raise ConfigError(f"{where}: unknown hyperparameter {name!r}; expected a MAAEConfig field: "
+                          f"{', '.join(sorted(types))}")
+    return str(types[name])
+
+
+def _coerce_value(name: str, value: Any, where: str) -> Any:
+    """One value coerced to the field's type by MAAEConfig's own rules (one-line error otherwise)."""
+    _field_type(name, where)
+    try:
+        return MAAEConfig.from_dict({name: value}, source=where).to_dict()[name]
+    except ConfigError as err:
+        message = str(err)
+        field_named = _FIELD_IN_MESSAGE.search(message)
+        # Only a problem of this very field; a clash with another field's default is judged per trial.
+        if field_named is None or field_named.group(1) == name:
+            raise
+        return _coerce_type_only(name, value, where)
+
+
+def _coerce_type_only(name: str, value: Any, where: str) -> Any:
+    from maae.config import _coerce  # the same coercion MAAEConfig.from_dict applies
+
+    return _coerce(name, value, _field_type(name, where), where)
+
+
+def _parse_fixed(block: Any, src: str) -> dict[str, Any]:
+    if block is None:
+        return {}
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{src}: fixed: expected a mapping of hyperparameter: value, got {block!r}")
+    return {str(key): _coerce_value(str(key), value, f"{src}: fixed.{key}") for key, value in block.items()}
+
+
+def _parse_search(block: Any, src: str) -> tuple[ParamSpec, ...]:
+    if not isinstance(block, Mapping) or not block:
+        raise ConfigError(f"{src}: search: expected a non-empty mapping of hyperparameter: range, got {block!r}")
+    return tuple(_parse_param(str(name), spec, f"{src}: search.{name}") for name, spec in block.items())
+
+
+def _number(value: Any, where: str, integer: bool) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{where}: expected {kind}, got {value!r}")
+    if integer:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return int(value)
+    if not math.isfinite(value):
+        raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+    return float(value)
+
+
+def _parse_param(name: str, spec: Any, where: str) -> ParamSpec:
+    field_type = _field_type(name, where)
+    if isinstance(spec, list):  # shorthand: a list of choices
+        spec = {"choices": spec}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{where}: expected a mapping with low/high or choices, got {spec!r}")
+    unknown = [key for key in spec if key not in PARAM_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected some of: {', '.join(PARAM_KEYS)}")
+    default_type = PARAM_CATEGORICAL if "choices" in spec else field_type
+    param_type = spec.get("type", default_type)
+    if param_type not in PARAM_TYPES:
+        raise ConfigError(f"{where}.type: expected one of {', '.join(PARAM_TYPES)}, got {param_type!r}")
+
+    if param_type == PARAM_CATEGORICAL:
+        extra = [key for key in ("low", "high", "log", "step") if key in spec]
+        if extra:
+            raise ConfigError(f"{where}.{extra[0]}: not allowed for a categorical parameter (use choices)")
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise ConfigError(f"{where}.choices: expected a non-empty list of values, got {choices!r}")
+        values = tuple(_coerce_value(name, value, f"{where}.choices") for value in choices)
+        if len(set(map(repr, values))) != len(values):
+            raise ConfigError(f"{where}.choices: expected distinct values, got {list(values)}")
+        return ParamSpec(name=name, type=PARAM_CATEGORICAL, choices=values)
+
+    if field_type != param_type:
+        raise ConfigError(f"{where}.type: {name} is a {field_type} field; expected type {field_type} "
+                          f"or categorical, got {param_type}")
+    if "choices" in spec:
+        raise ConfigError(f"{where}.choices: not allowed for a {param_type} range (use type: categorical)")
+    integer = param_type == PARAM_INT
+    for key in ("low", "high"):
+        if key not in spec:
+            raise ConfigError(f"{where}.{key}: missing (a {param_type} range needs low and high)")
+    low = _number(spec["low"], f"{where}.low", integer)
+    high = _number(spec["high"], f"{where}.high", integer)
+    if low > high:
+        raise ConfigError(f"{where}.low: expected low <= high ({high}), got {low}")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise ConfigError(f"{where}.log: expected true or false, got {log!r}")
+    if log and low <= 0:
+        raise ConfigError(f"{where}.low: a log range needs low > 0, got {low}")
+    step = spec.get("step")
+    if step is not None:
+        step = _number(step, f"{where}.step", integer)
+        if step <= 0:
+            raise ConfigError(f"{where}.step: expected a step > 0, got {step}")
+        if log and not (integer and step == 1):
+            raise ConfigError(f"{where}.step: a log range takes no step (Optuna samples it continuously)")
+    for key, value in (("low", low), ("high", high)):
+        _coerce_value(name, value, f"{where}.{key}")
+    return ParamSpec(name=name, type=param_type, low=low, high=high, log=log, step=step)
+
+
+def _parse_grid(block: Any, src: str) -> dict[str, tuple[Any, ...]]:
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{src}: grid: expected a mapping of hyperparameter: [values], got {block!r}")
+    grid: dict[str, tuple[Any, ...]] = {}
+    for name, values in block.items():
+        where = f"{src}: grid.{name}"
+        _field_type(str(name), where)
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{where}: expected a non-empty list of values, got {values!r}")
+        coerced = tuple(_coerce_value(str(name), value, where) for value in values)
+        if len(set(map(repr, coerced))) != len(coerced):
+            raise ConfigError(f"{where}: expected distinct values, got {list(coerced)}")
+        grid[str(name)] = coerced
+    return grid
+
+
+def _parse_scheduler(block: Any, src: str, kind: str, multi_objective: bool) -> SchedulerSpec:
+    default = SCHEDULER_ASHA if kind == KIND_SEARCH and not multi_objective else SCHEDULER_NONE
+    if block is None:
+        return SchedulerSpec(type=default)
+    if isinstance(block, str):
+        block = {"type": block}
+    if not isinstance(block, Mapping):
+        raise ConfigError(f"{src}: scheduler: expected 'asha', 'none' or a mapping, got {block!r}")
+    unknown = [key for key in block if key not in SCHEDULER_KEYS]
+    if unknown:
+        raise ConfigError(f"{src}: scheduler: unknown key {unknown[0]!r}; expected some of: "
+                          f"{', '.join(SCHEDULER_KEYS)}")
+    sched_type = block.get("type", SCHEDULER_ASHA)
+    if sched_type not in SCHEDULERS:
+        raise ConfigError(f"{src}: scheduler.type: expected one of {', '.join(SCHEDULERS)}, got {sched_type!r}")
+    if sched_type == SCHEDULER_ASHA and multi_objective:
+        raise ConfigError(f"{src}: scheduler.type: ASHA cannot stop trials of a multi-objective study; "
+                          "expected none")
+    grace = _positive_int(block.get("grace_period", DEFAULT_GRACE_PERIOD), f"{src}: scheduler.grace_period")
+    factor = block.get("reduction_factor", DEFAULT_REDUCTION_FACTOR)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or factor <= 1:
+        raise ConfigError(f"{src}: scheduler.reduction_factor: expected a number > 1, got {factor!r}")
+    return SchedulerSpec(type=sched_type, grace_period=grace, reduction_factor=float(factor))
+
+
+# ------------------------------------------------------------------------------------------ configs ---
+
+def base_config(space: StudySpace, *, preset_name: str | None = None,
+                overrides: Mapping[str, Any] | None = None) -> MAAEConfig:
+    """The configuration every trial starts from: preset, then the space's ``fixed``, then ``overrides``.
+
+    ``preset_name`` (the command line's ``--preset``) wins over the space's ``preset``; ``overrides`` are the
+    command line's ``--set`` and ``--epochs``. A searched parameter cannot be overridden.
+    """
+    overrides = dict(overrides or {})
+    for name in overrides:
+        if name in space.searched:
+            raise ConfigError(f"--set {name}: {name} is varied by {space.path}; expected a field it does "
+                              "not search")
+    chosen = preset_name or space.preset or DEFAULT_PRESET
+    values = preset(chosen).to_dict()
+    values.update(space.fixed)
+    config = MAAEConfig.from_dict(values, source=f"{space.path}: fixed")
+    if overrides:
+        config = MAAEConfig.from_dict({**config.to_dict(), **overrides}, source="--set")
+    return config
+
+
+def study_preset(space: StudySpace, preset_name: str | None) -> str:
+    return preset_name or space.preset or DEFAULT_PRESET
+
+
+def trial_config(base: MAAEConfig, params: Mapping[str, Any]) -> MAAEConfig:
+    """The configuration of one trial: ``base`` with the trial's sampled ``params`` (validated together)."""
+    return MAAEConfig.from_dict({**base.to_dict(), **dict(params)}, source="trial parameters")
+
+
+def check_against_base(space: StudySpace, base: MAAEConfig) -> None:
+    """Each end of each range and each choice must be a valid value on top of ``base``.
+
+    Catches a value that no trial could run with (``dilation: 0``) before any trial starts. A value that is
+    only invalid together with another searched value (``residual_every`` above a sampled ``depth``) is
+    reported per trial, as a failed trial.
+    """
+    candidates: list[tuple[str, Any, str]] = []
+    for param in space.search:
+        where = f"{space.path}: search.{param.name}"
+        if param.type == PARAM_CATEGORICAL:
+            candidates += [(param.name, value, f"{where}.choices") for value in param.choices]
+        else:
+            candidates += [(param.name, param.low, f"{where}.low"), (param.name, param.high, f"{where}.high")]
+    for name, values in space.grid.items():
+        candidates += [(name, value, f"{space.path}: grid.{name}") for value in values]
+    searched = set(space.searched)
+    for name, value, where in candidates:
+        try:
+            trial_config(base, {name: value})
+        except ConfigError as err:
+            named = _FIELD_IN_MESSAGE.search(str(err))
+            other = named.group(1) if named else None
+            if other is None or other == name or other not in searched:
+                detail = str(err).split(": ", 1)[-1]
+                raise ConfigError(f"{where}: {value!r} is not a valid value ({detail})") from None
+
+
+def study_overrides(space: StudySpace, cli_overrides: Mapping[str, Any], base: MAAEConfig) -> dict[str, Any]:
+    """The hyperparameters fixed for this study, by name, with their final (coerced) values."""
+    names = list(space.fixed) + [n for n in cli_overrides if n not in space.fixed]
+    return {name: getattr(base, name) for name in names}
+
+
+def hyperparameter_columns(space: StudySpace, fixed: Mapping[str, Any]) -> list[str]:
+    """The hyperparameter columns of ``trials.csv``: searched, then fixed, then ``seed`` (always)."""
+    columns = list(space.searched) + [name for name in fixed if name not in space.searched]
+    if "seed" not in columns:
+        columns.append("seed")
+    return columns
+
+
+def feature_variants(space: StudySpace, base: MAAEConfig) -> list[MAAEConfig]:
+    """One config per distinct frozen-backbone feature set the study will read (to warm the cache once).
+
+    Features depend on the backbone, its weights and the image size. Varied as choices or grid values they
+    are all warmed; varied as a numeric range they are computed by the first trial that needs them.
+    """
+    keys = ("backbone", "backbone_weights", "image_size")
+    axes: dict[str, tuple[Any, ...]] = {}
+    for param in space.search:
+        if param.name in keys and param.type == PARAM_CATEGORICAL:
+            axes[param.name] = param.choices
+    for name, values in space.grid.items():
+        if name in keys:
+            axes[name] = values
+    variants = []
+    names = list(axes)
+    for combination in itertools.product(*(axes[n] for n in names)) if names else [()]:
+        try:
+            variants.append(base.replace(**dict(zip(names, combination, strict=True))))
+        except ConfigError:
+            continue
+    return variants
+
+
+# ------------------------------------------------------------------------------------- translation ---
+
+def optuna_distributions(space: StudySpace) -> dict[str, Any]:
+    """The searched parameters as Optuna distributions (for ``OptunaSearch(space=...)``)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    distributions: dict[str, Any] = {}
+    for param in space.search:
+        if param.type == PARAM_CATEGORICAL:
+            distributions[param.name] = CategoricalDistribution(list(param.choices))
+        elif param.type == PARAM_INT:
+            distributions[param.name] = IntDistribution(int(param.low), int(param.high), log=param.log,
+                                                        step=int(param.step or 1))
+        else:
+            distributions[param.name] = FloatDistribution(float(param.low), float(param.high), log=param.log,
+                                                          step=param.step)
+    return distributions
+
+
+def grid_param_space(space: StudySpace) -> dict[str, Any]:
+    """The grid as Tune ``grid_search`` entries (every combination is one trial)."""
+    from ray import tune
+
+    return {name: tune.grid_search(list(values)) for name, values in space.grid.items()}
+
+
+def grid_combinations(space: StudySpace) -> list[dict[str, Any]]:
+    """Every combination of the grid, in Tune's order (the last axis varies slowest)."""
+    names = list(space.grid)
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*space.grid.values())]
+
+
+def summary(space: StudySpace) -> str:
+    """Two or three lines that say what the study varies and how it is judged."""
+    objective = ", ".join(f"{m} ({o})" for m, o in zip(space.metrics, space.modes, strict=True))
+    if space.kind == KIND_SEARCH:
+        varied = "; ".join(p.describe() for p in space.search)
+        how = f"{space.num_samples} trials, Optuna TPE" + (
+            f", ASHA (grace {space.scheduler.grace_period})" if space.scheduler.type == SCHEDULER_ASHA else "")
+    else:
+        varied = "; ".join(f"{n} in {list(v)}" for n, v in space.grid.items()) or "nothing (one trial)"
+        repeats = f" x {space.num_samples}" if space.num_samples > 1 else ""
+        how = f"grid of {space.grid_size}{repeats} = {space.total_trials} trials"
+    return f"study {space.name}: {how}; objective {objective}\n  varies: {varied}"
+
+
+def as_plain(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A JSON-friendly copy (tuples become lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items()}
+
+
+__all__ = [
+    "KIND_GRID",
+    "KIND_SEARCH",
+    "ParamSpec",
+    "SchedulerSpec",
+    "StudySpace",
+    "as_plain",
+    "base_config",
+    "check_against_base",
+    "feature_variants",
+    "grid_combinations",
+    "grid_param_space",
+    "hyperparameter_columns",
+    "load_space",
+    "optuna_distributions",
+    "parse_space",
+    "study_overrides",
+    "study_preset",
+    "summary",
+    "trial_config",
+]
