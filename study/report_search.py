@@ -34,6 +34,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 2
 IMPORTANCE_SEED = 0
 # How deep study.json's space is searched for a parameter's entry (e.g. space -> "params" -> name).
 SPACE_SEARCH_DEPTH = 3
+SPACE_SECTIONS = ("search", "grid")
 _CHOICE_KEYS = ("choices", "values", "grid", "grid_search", "options")
 _RANGE_KEYS = (("low", "high"), ("min", "max"), ("lower", "upper"))
 _INT_TYPES = {"int", "integer", "randint", "qrandint", "lograndint", "int_uniform"}
@@ -80,9 +81,16 @@ def native(value: Any) -> Any:
 
 
 def find_space_entry(space: Any, name: str, depth: int = SPACE_SEARCH_DEPTH) -> Any:
-    """The entry for ``name`` in study.json's space (a list, a dict or a scalar), or None."""
+    """The entry for ``name`` in study.json's space (a list, a dict or a scalar), or None.
+
+    The space file's ``search:`` and ``grid:`` sections come first (study/space.py's schema); any other
+    nesting is searched too, so an older or hand-written space still yields its ranges.
+    """
     if not isinstance(space, Mapping) or depth <= 0:
         return None
+    for section in SPACE_SECTIONS:
+        if isinstance(space.get(section), Mapping) and name in space[section]:
+            return space[section][name]
     if name in space:
         return space[name]
     for value in space.values():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,22 +78,23 @@ class _TrialWorker:
         self.session: TrainingSession | None = None
         self.data: PreparedData | None = None
         self.config: MAAEConfig | None = None
+        self._agree_last = ""
 
     # ---------------------------------------------------------------------------------------- loop ---
     def run(self) -> dict[str, Any] | None:
-        failure = self._agree(self._guard(self._setup))
-        if failure:
-            return self._report_failure(failure)
+        _, failure = self._guard(self._setup)
+        if self._agree(failure):
+            return self._report_failure(self._agree_last)
         assert self.session is not None and self.config is not None
-        if self.session.epoch >= self.config.epochs:  # restored from the final checkpoint: report it again
-            failure = self._agree(self._guard(lambda: self._finish(None)))
-            return self._report_failure(failure) if failure else None
-        while self.session.epoch < self.config.epochs:
-            outcome: dict[str, Any] = {}
-            failure = self._agree(self._guard(lambda: outcome.update(self._epoch())))
-            if failure:
-                return self._report_failure(failure)
+        restored_final = self.session.epoch >= self.config.epochs  # report the final checkpoint again
+        while restored_final or self.session.epoch < self.config.epochs:
+            step = (lambda: self._finish(None)) if restored_final else self._epoch
+            outcome, failure = self._guard(step)
+            if self._agree(failure):
+                return self._report_failure(self._agree_last)
+            outcome = outcome or {}
             self._report(outcome.get("metrics", {}), outcome.get("checkpoint_dir"))
+            restored_final = False
         return None
 
     def _setup(self) -> None:
@@ -171,27 +173,31 @@ class _TrialWorker:
         return Path(tempfile.mkdtemp(prefix="maae-trial-checkpoint-"))
 
     # ------------------------------------------------------------------------------ coordination ---
-    def _guard(self, step: Any) -> str | None:
-        """Run ``step``; return the error line instead of raising (so all ranks can stop together)."""
+    def _guard(self, step: Callable[[], Any]) -> tuple[Any, str | None]:
+        """Run ``step``; return (its value, None) or (None, the error line) instead of raising, so that
+        all ranks can stop together."""
         try:
-            step()
+            return step(), None
         except Exception as error:  # noqa: BLE001 - every training error becomes a failed trial
             if self.rank == 0:
                 traceback.print_exc()
-            return describe_error(error)
-        return None
+            return None, describe_error(error)
 
-    def _agree(self, local_failure: str | None) -> str | None:
-        """Rank 0's verdict for every rank. A rank that failed alone raises: Ray Train then restarts the
-        worker group (that is a worker problem, not a property of the trial's settings)."""
-        if self.world_size == 1:
-            return local_failure
-        from ray.train.collective import broadcast_from_rank_zero
+    def _agree(self, local_failure: str | None) -> bool:
+        """Whether the trial failed, by rank 0's verdict for every rank (kept in ``_agree_last``).
 
-        verdict = broadcast_from_rank_zero(local_failure)
-        if verdict is None and local_failure is not None:
-            raise RuntimeError(f"rank {self.rank} failed alone: {local_failure}")
-        return verdict
+        A rank that failed alone raises: Ray Train then restarts the worker group from the last checkpoint
+        (a problem of that worker, not of the trial's settings).
+        """
+        verdict = local_failure
+        if self.world_size > 1:
+            from ray.train.collective import broadcast_from_rank_zero
+
+            verdict = broadcast_from_rank_zero(local_failure)
+            if verdict is None and local_failure is not None:
+                raise RuntimeError(f"rank {self.rank} failed alone: {local_failure}")
+        self._agree_last = verdict or ""
+        return verdict is not None
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train

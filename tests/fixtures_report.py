@@ -204,8 +204,9 @@ def grid_spec(name: str = "ablation", categories: Sequence[str] = MVTEC_SUBSET,
         for seed in seeds:
             params = {"use_ang": ang, "use_ffm": ffm, "attention": attention, "seed": seed, "epochs": EPOCHS}
             trials.append(TrialSpec(f"grid_{i:02d}_s{seed}", "completed", params))
-    space = {"grid": {"use_ang": [False, True], "use_ffm": [False, True], "attention": ["spatial", "mixed"],
-                      "seed": list(seeds)}, "fixed": {"epochs": EPOCHS}}
+    space = {"name": name, "grid": {"use_ang": [False, True], "use_ffm": [False, True],
+                                    "attention": ["spatial", "mixed"], "seed": list(seeds)},
+             "fixed": {"epochs": EPOCHS}}
     values = {"name": name, "kind": "grid", "categories": categories, "trials": trials, "space": space,
               "searched": ["use_ang", "use_ffm", "attention", "seed"], "fixed": {"epochs": EPOCHS}}
     values.update(overrides)
@@ -240,10 +241,10 @@ def search_spec(name: str = "ang", categories: Sequence[str] = EMBEDDED_CATEGORI
                                                    "attention": "mixed", "seed": 0}))
     trials.append(TrialSpec("ang_wait", "pending", {"noise_intensity": 0.9, "lambda_ang": 0.4,
                                                     "attention": "mixed", "seed": 0}, has_metrics=False))
-    space = {"params": {"noise_intensity": {"type": "float", "low": 0.1, "high": 2.0},
-                        "lambda_ang": {"type": "float", "low": 0.05, "high": 2.0, "log": True},
-                        "attention": {"type": "categorical", "choices": ["mixed", "spatial"]}},
-             "fixed": {"use_ang": True, "use_ffm": True}}
+    space = {"name": name, "search": {"noise_intensity": {"type": "float", "low": 0.1, "high": 2.0},
+                                      "lambda_ang": {"type": "float", "low": 0.05, "high": 2.0, "log": True},
+                                      "attention": {"type": "categorical", "choices": ["mixed", "spatial"]}},
+             "fixed": {"use_ang": True, "use_ffm": True}, "num_samples": 8}
     values = {"name": name, "kind": "search", "categories": categories, "trials": trials, "space": space,
               "searched": ["noise_intensity", "lambda_ang", "attention"],
               "fixed": {"use_ang": True, "use_ffm": True}}

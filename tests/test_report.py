@@ -421,3 +421,16 @@ def test_command_line(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out) and out.is_file() and (tmp_path / "custom.md").is_file()
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_space_entries_of_the_space_file_schema():
+    from study.report_search import distribution_from_space, find_space_entry
+
+    space = {"fixed": {"depth": 6}, "search": {"depth": {"type": "int", "low": 2, "high": 8}},
+             "grid": {"use_ang": [True, False]}}
+    assert find_space_entry(space, "depth") == {"type": "int", "low": 2, "high": 8}
+    assert distribution_from_space(find_space_entry(space, "depth")).__class__.__name__ == "IntDistribution"
+    assert distribution_from_space(find_space_entry(space, "use_ang")) == CategoricalDistribution([True, False])
+    assert distribution_from_space({"type": "float", "low": 1e-4, "high": 1e-2, "log": True}) == FloatDistribution(
+        1e-4, 1e-2, log=True)
+    assert distribution_from_space(6) is None  # a fixed value states no distribution

@@ -1,0 +1,374 @@
+"""A study's results folder (``docs/results-format.md``): trial rows, per-category and per-epoch tables,
+``study.json``, and the best trial's run folder. Every file is written atomically.
+
+:class:`StudyRecorder` knows nothing of Ray: the Tune callback in :mod:`study.driver` hands it plain
+:class:`TrialSnapshot` values and each reported result. It keeps what it has seen, and reads back what an
+earlier (killed) run of the same study wrote, so ``--resume`` continues the tables instead of starting over.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from maae.io import write_csv_atomic, write_json_atomic
+from maae.metrics import METRIC_NAMES
+from study.worker import (
+    RESULT_EPOCH,
+    RESULT_EPOCHS,
+    RESULT_ERROR,
+    RESULT_EVALUATED,
+    RESULT_FINAL,
+    RESULT_LOSS,
+    RESULT_PER_CATEGORY,
+)
+
+STUDY_FILE = "study.json"
+TRIALS_FILE = "trials.csv"
+PER_CATEGORY_FILE = "per_category.csv"
+HISTORY_FILE = "history.csv"
+BEST_DIR = "best"
+RAY_DIR = "ray"
+
+COMPLETED = "completed"
+STOPPED = "stopped"
+FAILED = "failed"
+RUNNING = "running"
+PENDING = "pending"
+STATUSES = (COMPLETED, STOPPED, FAILED, RUNNING, PENDING)
+
+STUDY_RUNNING = "running"
+STUDY_FINISHED = "finished"
+STUDY_INTERRUPTED = "interrupted"
+
+TRIAL_RESULT_COLUMNS = (*METRIC_NAMES, "loss", "epochs_done", "seconds", "error")
+PER_CATEGORY_COLUMNS = ("trial_id", "category", *METRIC_NAMES)
+HISTORY_COLUMNS = ("trial_id", "epoch", "loss", *METRIC_NAMES)
+# Tune's trial states, and the result keys Tune adds, that the recorder reads.
+TUNE_RUNNING = "RUNNING"
+TUNE_TERMINATED = "TERMINATED"
+TUNE_ERROR = "ERROR"
+TUNE_TIME_TOTAL = "time_total_s"
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+
+
+@dataclass
+class TrialSnapshot:
+    """What Tune knows about a trial at one moment, in plain values."""
+
+    trial_id: str
+    tune_status: str
+    params: dict[str, Any]
+    last_result: dict[str, Any] | None = None
+    error: str | None = None
+
+
+@dataclass
+class TrialRecord:
+    """Everything the results tables hold about one trial."""
+
+    trial_id: str
+    params: dict[str, Any] = field(default_factory=dict)
+    tune_status: str = "PENDING"
+    history: dict[int, dict[str, Any]] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    loss: float | None = None
+    epochs_done: int = 0
+    epochs: int | None = None
+    seconds: float | None = None
+    error: str | None = None
+    final: bool = False
+    checkpoint_path: str | None = None
+    restored_status: str | None = None  # the status an earlier run wrote, until Tune reports anew
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return FAILED
+        if self.tune_status == TUNE_TERMINATED:
+            return COMPLETED if self.final else STOPPED
+        if self.tune_status == TUNE_RUNNING:
+            return RUNNING
+        if self.tune_status == TUNE_ERROR:
+            return FAILED
+        return self.restored_status or PENDING
+
+
+class StudyRecorder:
+    """The tables of one study, kept in memory and written to ``results_dir`` on :meth:`write`."""
+
+    def __init__(self, results_dir: Path, *, metric: str, mode: str, hyper_columns: Sequence[str],
+                 hyper_values: Callable[[Mapping[str, Any]], dict[str, Any]]) -> None:
+        self.results_dir = Path(results_dir)
+        self.metric = metric
+        self.mode = mode
+        self.hyper_columns = list(hyper_columns)
+        self.hyper_values = hyper_values
+        self.trials: dict[str, TrialRecord] = {}
+
+    # ---------------------------------------------------------------------------------- updates ---
+    def record(self, trial_id: str) -> TrialRecord:
+        if trial_id not in self.trials:
+            self.trials[trial_id] = TrialRecord(trial_id)
+        return self.trials[trial_id]
+
+    def observe(self, snapshot: TrialSnapshot) -> None:
+        """Update a trial's status, parameters and (for Tune errors) its error message."""
+        record = self.record(snapshot.trial_id)
+        record.tune_status = snapshot.tune_status
+        if snapshot.params:
+            record.params = self._hyper(snapshot.params)
+        if snapshot.tune_status == TUNE_ERROR and not record.error:
+            record.error = snapshot.error or "trial raised an error (see Ray's error.txt under ray/)"
+        if snapshot.last_result and TUNE_TIME_TOTAL in snapshot.last_result:
+            record.seconds = float(snapshot.last_result[TUNE_TIME_TOTAL])
+
+    def start(self, trial_id: str) -> None:
+        """A trial (re)starts: forget an error or a final flag an earlier attempt left."""
+        record = self.record(trial_id)
+        record.error = None
+        record.final = False
+        record.restored_status = None
+
+    def add_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """One reported epoch (or a failure) of a trial."""
+        record = self.record(trial_id)
+        if RESULT_ERROR in result and result[RESULT_ERROR]:
+            record.error = str(result[RESULT_ERROR])
+        if TUNE_TIME_TOTAL in result:
+            record.seconds = float(result[TUNE_TIME_TOTAL])
+        if RESULT_EPOCHS in result:
+            record.epochs = int(result[RESULT_EPOCHS])
+        if result.get(CHECKPOINT_PATH_KEY):
+            record.checkpoint_path = str(result[CHECKPOINT_PATH_KEY])
+        if RESULT_EPOCH not in result or result.get(RESULT_ERROR):
+            return
+        epoch = int(result[RESULT_EPOCH])
+        record.epochs_done = max(record.epochs_done, epoch)
+        row: dict[str, Any] = {"trial_id": trial_id, "epoch": epoch, "loss": _number(result.get(RESULT_LOSS))}
+        if result.get(RESULT_LOSS) is not None:
+            record.loss = _number(result[RESULT_LOSS])
+        if result.get(RESULT_EVALUATED):
+            means = {name: _number(result.get(name)) for name in METRIC_NAMES}
+            row.update(means)
+            record.means = means
+            per_category = result.get(RESULT_PER_CATEGORY) or {}
+            record.per_category = {str(cat): {name: _number(values.get(name)) for name in METRIC_NAMES}
+                                   for cat, values in per_category.items()}
+        previous = record.history.get(epoch, {})
+        record.history[epoch] = {**previous, **{k: v for k, v in row.items() if v is not None}}
+        if result.get(RESULT_FINAL):
+            record.final = True
+
+    def _hyper(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return self.hyper_values(params)
+        except Exception:  # noqa: BLE001 - an invalid combination still gets a row (it fails as a trial)
+            return {name: params.get(name) for name in self.hyper_columns}
+
+    # ----------------------------------------------------------------------------------- tables ---
+    def trials_frame(self) -> pd.DataFrame:
+        rows = []
+        for record in self.trials.values():
+            row: dict[str, Any] = {"trial_id": record.trial_id, "status": record.status}
+            row.update({name: record.params.get(name) for name in self.hyper_columns})
+            row.update({name: record.means.get(name) for name in METRIC_NAMES})
+            row.update({"loss": record.loss, "epochs_done": record.epochs_done, "seconds": _round(record.seconds),
+                        "error": record.error or ""})
+            rows.append(row)
+        return pd.DataFrame(rows, columns=["trial_id", "status", *self.hyper_columns, *TRIAL_RESULT_COLUMNS])
+
+    def per_category_frame(self) -> pd.DataFrame:
+        rows = [{"trial_id": record.trial_id, "category": category, **values}
+                for record in self.trials.values() for category, values in record.per_category.items()]
+        return pd.DataFrame(rows, columns=list(PER_CATEGORY_COLUMNS))
+
+    def history_frame(self) -> pd.DataFrame:
+        rows = [record.history[epoch] for record in self.trials.values() for epoch in sorted(record.history)]
+        return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+
+    def write(self) -> None:
+        """Write ``trials.csv``, ``per_category.csv`` and ``history.csv`` (each atomically)."""
+        write_csv_atomic(self.results_dir / TRIALS_FILE, self.trials_frame())
+        write_csv_atomic(self.results_dir / PER_CATEGORY_FILE, self.per_category_frame())
+        write_csv_atomic(self.results_dir / HISTORY_FILE, self.history_frame())
+
+    # ------------------------------------------------------------------------------------- best ---
+    def best(self) -> TrialRecord | None:
+        """The completed trial with the best value of the study's metric (first one on ties)."""
+        candidates = [r for r in self.trials.values()
+                      if r.status == COMPLETED and _finite(r.means.get(self.metric))]
+        if not candidates:
+            return None
+        sign = 1.0 if self.mode == "max" else -1.0
+        return max(candidates, key=lambda r: sign * float(r.means[self.metric]))
+
+    def counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATUSES, 0)
+        for record in self.trials.values():
+            counts[record.status] += 1
+        return counts
+
+    # ---------------------------------------------------------------------------------- restore ---
+    def load_existing(self) -> None:
+        """Read the tables an earlier run of this study wrote (for ``--resume``)."""
+        trials = _read(self.results_dir / TRIALS_FILE)
+        for row in trials.to_dict("records"):
+            record = self.record(str(row["trial_id"]))
+            record.params = {name: _clean(row.get(name)) for name in self.hyper_columns}
+            record.means = {name: _number(row.get(name)) for name in METRIC_NAMES}
+            record.loss = _number(row.get("loss"))
+            record.epochs_done = int(_number(row.get("epochs_done")) or 0)
+            record.seconds = _number(row.get("seconds"))
+            error = row.get("error")
+            record.error = str(error) if isinstance(error, str) and error else None
+            status = str(row.get("status"))
+            record.restored_status = status if status in (COMPLETED, STOPPED, FAILED) else None
+            record.final = status == COMPLETED
+            record.tune_status = {COMPLETED: TUNE_TERMINATED, STOPPED: TUNE_TERMINATED}.get(status, "PENDING")
+        for row in _read(self.results_dir / PER_CATEGORY_FILE).to_dict("records"):
+            record = self.record(str(row["trial_id"]))
+            record.per_category[str(row["category"])] = {name: _number(row.get(name)) for name in METRIC_NAMES}
+        for row in _read(self.results_dir / HISTORY_FILE).to_dict("records"):
+            record = self.record(str(row["trial_id"]))
+            epoch = int(row["epoch"])
+            record.history[epoch] = {k: v for k, v in
+                                     {"trial_id": record.trial_id, "epoch": epoch,
+                                      **{c: _number(row.get(c)) for c in HISTORY_COLUMNS[2:]}}.items()
+                                     if v is not None}
+
+
+# ------------------------------------------------------------------------------------ best folder ---
+
+def copy_run_folder(source: str, destination: Path) -> None:
+    """Copy a trial's final checkpoint (a MAAE run folder, local path or URI) to ``destination``.
+
+    The copy goes to a temporary sibling first and replaces ``destination`` only when complete.
+    """
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
+    try:
+        if Path(source).is_dir():
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        else:
+            from ray.train import Checkpoint
+
+            Checkpoint(path=source).to_directory(str(staging))
+        old = None
+        if destination.exists():
+            old = destination.with_name(f".{destination.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(destination, old)
+        os.replace(staging, destination)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------- study.json ---
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def versions() -> dict[str, str]:
+    """Versions of what produced the numbers (import metadata only; nothing heavy is imported)."""
+    from importlib import metadata
+
+    found = {"python": platform.python_version()}
+    for package, distribution in (("torch", "torch"), ("ray", "ray"), ("optuna", "optuna"), ("timm", "timm"),
+                                  ("maae", "maae-study")):
+        try:
+            found[package] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[package] = "unknown"
+    return found
+
+
+def git_commit(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def write_study_json(results_dir: Path, payload: Mapping[str, Any]) -> None:
+    write_json_atomic(Path(results_dir) / STUDY_FILE, dict(payload))
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    import shlex
+
+    args = list(sys.argv if argv is None else argv)
+    return " ".join(shlex.quote(a) for a in [sys.executable, *args])
+
+
+# ------------------------------------------------------------------------------------------ helpers ---
+
+def _read(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path, dtype={"trial_id": str, "error": str, "category": str})
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _number(value: Any) -> float | None:
+    """A float, or None for missing, empty, NaN or non-numeric values."""
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
+
+
+def _finite(value: Any) -> bool:
+    number = _number(value)
+    return number is not None and math.isfinite(number)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def table(rows: Iterable[Sequence[Any]], header: Sequence[str]) -> str:
+    """A plain fixed-width text table (for the terminal)."""
+    text_rows = [[str(c) for c in header]] + [[_cell(c) for c in row] for row in rows]
+    widths = [max(len(r[i]) for r in text_rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+             for row in text_rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return "" if value is None else str(value)
