@@ -50,6 +50,8 @@ FINISHED_STATUSES = ("completed", "stopped")
 SEED_STATUSES = ("completed",)
 SEED_COLUMN = "seed"
 CONFIDENCE = 0.95
+DEFAULT_METRIC = "image_auroc"
+DEFAULT_MODE = "max"
 # Ablation switches (paper Table 3) by their MAAEConfig names, and the attention kind that means "on".
 SWITCH_COLUMNS = ("use_ang", "use_ffm", "attention")
 MIXED_ATTENTION = "mixed"
@@ -68,6 +70,11 @@ _FALSE_TEXT = {"false", "0", "no", "off"}
 
 
 # ----------------------------------------------------------------------------------------------- loading
+def _first(value: Any) -> Any:
+    """A list's first item (multi-objective studies list their metrics and modes), else the value."""
+    return value[0] if isinstance(value, (list, tuple)) and value else value
+
+
 @dataclass(frozen=True)
 class StudyResults:
     """One study's results folder, read (categories normalised, booleans parsed, metrics as floats)."""
@@ -85,11 +92,12 @@ class StudyResults:
 
     @property
     def metric(self) -> str:
-        return str(self.study.get("metric") or "image_auroc")
+        """The metric the study optimises (the first one of a multi-objective study)."""
+        return str(_first(self.study.get("metric")) or DEFAULT_METRIC)
 
     @property
     def mode(self) -> str:
-        return str(self.study.get("mode") or "max")
+        return str(_first(self.study.get("mode")) or DEFAULT_MODE)
 
     @property
     def kind(self) -> str:

@@ -86,7 +86,8 @@ def several_studies_html(studies: Sequence[tuple[StudyResults, BestTrial | None]
         anchor = f"summary-{index}"
         parts.append(summary_section(results, best, anchor=anchor))
         navigation.append((anchor, results.name))
-    parts.append(note(f"Each study's full report: {SINGLE_REPORT_NAME} in its folder."))
+    parts.append(note(f"Each study's own full report: python study/report.py <its folder> writes "
+                      f"{SINGLE_REPORT_NAME} there (the study runner does so at the end of every study)."))
     body = "\n".join(parts)
     return page.render(body, navigation)
 

@@ -101,7 +101,10 @@ def find_space_entry(space: Any, name: str, depth: int = SPACE_SEARCH_DEPTH) -> 
 
 
 def distribution_from_space(entry: Any) -> BaseDistribution | None:
-    """An Optuna distribution for a space entry that states one (choices or a low/high range), else None."""
+    """An Optuna distribution for a space entry that states one (choices or a low/high range), else None.
+
+    A ``step`` is left out: the plain range holds every stepped value, and importances don't need the grid.
+    """
     if isinstance(entry, (list, tuple)) and entry:
         return CategoricalDistribution([native(v) for v in entry])
     if not isinstance(entry, Mapping):

@@ -177,7 +177,9 @@ def write_study(root: Path, spec: StudySpec) -> Path:
     completed = trials[trials["status"] == "completed"].dropna(subset=[spec.metric])
     best_id = spec.best_trial_id
     if best_id == "auto":
-        best_id = None if completed.empty else str(completed.loc[completed[spec.metric].idxmax(), "trial_id"])
+        values = completed[spec.metric]
+        best_id = None if completed.empty else str(
+            completed.loc[values.idxmax() if spec.mode == "max" else values.idxmin(), "trial_id"])
     if spec.with_best and best_id is not None:
         _write_best(folder, spec, next(t for t in spec.trials if t.trial_id == best_id), per_category)
     study = {

@@ -4,6 +4,7 @@ partial synthetic study folders (tests/fixtures_report.py)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import subprocess
@@ -24,7 +25,7 @@ from fixtures_report import (
     search_study,
     write_study,
 )
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from scipy import stats
 
 from maae.errors import DataError
@@ -54,7 +55,13 @@ from study.report_paper import (
     overlay_column,
     paper_overlay,
 )
-from study.report_search import build_search_study, infer_distributions, param_importances
+from study.report_search import (
+    build_search_study,
+    distribution_from_space,
+    find_space_entry,
+    infer_distributions,
+    param_importances,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_REFERENCE = REPO_ROOT.parent / "shared" / "reference"
@@ -424,13 +431,24 @@ def test_command_line(tmp_path):
 
 
 def test_space_entries_of_the_space_file_schema():
-    from study.report_search import distribution_from_space, find_space_entry
-
     space = {"fixed": {"depth": 6}, "search": {"depth": {"type": "int", "low": 2, "high": 8}},
              "grid": {"use_ang": [True, False]}}
     assert find_space_entry(space, "depth") == {"type": "int", "low": 2, "high": 8}
-    assert distribution_from_space(find_space_entry(space, "depth")).__class__.__name__ == "IntDistribution"
+    assert distribution_from_space(find_space_entry(space, "depth")) == IntDistribution(2, 8)
     assert distribution_from_space(find_space_entry(space, "use_ang")) == CategoricalDistribution([True, False])
     assert distribution_from_space({"type": "float", "low": 1e-4, "high": 1e-2, "log": True}) == FloatDistribution(
         1e-4, 1e-2, log=True)
     assert distribution_from_space(6) is None  # a fixed value states no distribution
+
+
+def test_multi_objective_study_is_judged_by_its_first_metric(tmp_path):
+    folder = write_study(tmp_path, search_spec(metric="pixel_auroc", mode="min"))
+    study_file = folder / "study.json"
+    study = json.loads(study_file.read_text())
+    study.update(metric=["pixel_auroc", "image_auroc"], mode=["min", "max"], best_trial_id=None)
+    study_file.write_text(json.dumps(study))
+    results = load_results(folder)
+    assert (results.metric, results.mode) == ("pixel_auroc", "min")
+    finished = results.trials_with(("completed", "stopped"), "pixel_auroc")
+    assert best_trial(results).trial_id == finished.loc[finished["pixel_auroc"].idxmin(), "trial_id"]
+    assert write_report(folder).is_file()

@@ -195,7 +195,6 @@ REAL_STUDY_NAME = "report-browser-real"
 REAL_STUDY_SPACE = """\
 name: report-browser-real
 description: tiny real study for the report's browser test
-kind: grid
 grid:
   use_ang: [true, false]
 fixed:
