@@ -137,7 +137,7 @@ def preset(name: str) -> MAAEConfig:
             dilation=2,
             batch_size=16,
             lr=1e-3,
-            epochs=12,
+            epochs=60,
             anomaly_map_sigma=2.0,
         )
     raise ConfigError(f"preset: unknown preset {name!r}; expected one of: {', '.join(PRESETS)}")

@@ -75,7 +75,7 @@ def build_optimizers(model: nn.Module, config: MAAEConfig) -> Optimizers:
 def train_step(
     model: nn.Module, optimizers: Optimizers, stages: Sequence[torch.Tensor], config: MAAEConfig,
 ) -> dict[str, float]:
-    """One optimisation step on one batch of backbone stages; returns ``loss`` and ``noise_norm``.
+    """One optimisation step on one batch of backbone stages; returns ``loss`` and ``noise_penalty``.
 
     One backward pass serves both players: the auto encoder (and FFM) descend ``L_e``; ANG's W receives
     ``dL_e/dW`` too, which :meth:`AdaptiveNoiseGenerator.adversarial_gradient` turns into the gradient of
@@ -101,7 +101,7 @@ def train_step(
         optimizers.noise.step()
     metrics = {"loss": float(loss.detach())}
     if ang is not None:
-        metrics["noise_norm"] = float(ang.regulariser().detach())
+        metrics["noise_penalty"] = float(ang.regulariser().detach())
     return metrics
 
 
@@ -211,7 +211,7 @@ class EpochStats:
     loss: float
     images: int
     seconds: float
-    noise_norm: float | None = None
+    noise_penalty: float | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -274,7 +274,7 @@ class TrainingSession:
         """One pass over every model's training data; returns mean loss and throughput."""
         started = time.perf_counter()
         losses: list[float] = []
-        noise_norms: list[float] = []
+        noise_penalties: list[float] = []
         images = 0
         for key, loader in self.loaders.items():
             if isinstance(loader.sampler, DistributedSampler):
@@ -283,14 +283,14 @@ class TrainingSession:
                 stages = self._stages(batch)
                 metrics = train_step(self.models[key], self.optimizers[key], stages, self.config)
                 losses.append(metrics["loss"])
-                if "noise_norm" in metrics:
-                    noise_norms.append(metrics["noise_norm"])
+                if "noise_penalty" in metrics:
+                    noise_penalties.append(metrics["noise_penalty"])
                 images += stages[0].shape[0]
         self.epoch += 1
         return EpochStats(
             epoch=self.epoch, loss=float(np.mean(losses)), images=images,
             seconds=time.perf_counter() - started,
-            noise_norm=float(np.mean(noise_norms)) if noise_norms else None,
+            noise_penalty=float(np.mean(noise_penalties)) if noise_penalties else None,
         )
 
     def _stages(self, batch: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:

@@ -34,7 +34,7 @@ def print_progress(message: str) -> None:
 
 
 def format_epoch(stats: EpochStats, total: int, prefix: str = "") -> str:
-    noise = f" |W|={stats.noise_norm:.2f}" if stats.noise_norm is not None else ""
+    noise = f" R(W)={stats.noise_penalty:.4f}" if stats.noise_penalty is not None else ""
     return (f"{prefix}epoch {stats.epoch}/{total} loss={stats.loss:.4f}{noise} "
             f"{stats.images_per_second:.1f} img/s ({stats.seconds:.1f}s)")
 

@@ -101,14 +101,24 @@ def test_ang_weight_moves_towards_larger_reconstruction_loss():
     assert after > before
 
 
-def test_ang_regulariser_shrinks_weight_without_adversarial_term():
+def test_ang_penalty_pulls_noise_layout_back_to_uniform():
     config = tiny_config(lambda_ang=0.0, lambda_re=1.0, lr=0.05)
     model = build_model(config, STAGE_CHANNELS)
     optimizers = build_optimizers(model, config)
-    norm_before = model.adaptive_noise.regulariser().item()
-    for _ in range(3):
+    ang = model.adaptive_noise
+    assert ang.regulariser().item() == pytest.approx(0.0)  # uniform start
+    with torch.no_grad():
+        ang.weight.mul_(torch.linspace(0.2, 3.0, ang.weight.numel()).reshape(ang.weight.shape))
+    penalty_before = ang.regulariser().item()
+    for _ in range(5):
         metrics = train_step(model, optimizers, stages(), config)
-    assert metrics["noise_norm"] < norm_before
+    assert metrics["noise_penalty"] < penalty_before
+
+
+def test_ang_noise_level_is_set_by_intensity_not_by_w_scale():
+    ang = AdaptiveNoiseGenerator(num_tokens=16, channels=8, noise_intensity=0.5, init_value=7.0).train()
+    tokens = torch.zeros(64, 16, 8)
+    assert ang(tokens).pow(2).mean().sqrt().item() == pytest.approx(0.5, rel=0.05)
 
 
 def test_ang_weight_not_in_autoencoder_optimiser():
