@@ -33,6 +33,7 @@ from study.worker import (
     RESULT_FINAL,
     RESULT_LOSS,
     RESULT_PER_CATEGORY,
+    RESULT_STOPPED,
 )
 
 STUDY_FILE = "study.json"
@@ -154,7 +155,7 @@ class StudyRecorder:
             record.epochs = int(result[RESULT_EPOCHS])
         if result.get(CHECKPOINT_PATH_KEY):
             record.checkpoint_path = str(result[CHECKPOINT_PATH_KEY])
-        if RESULT_EPOCH not in result or result.get(RESULT_ERROR):
+        if RESULT_EPOCH not in result or result.get(RESULT_ERROR) or result.get(RESULT_STOPPED):
             return
         epoch = int(result[RESULT_EPOCH])
         record.epochs_done = max(record.epochs_done, epoch)

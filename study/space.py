@@ -46,6 +46,9 @@ DEFAULT_PRESET = "quick"
 DEFAULT_GRACE_PERIOD = 2
 DEFAULT_REDUCTION_FACTOR = 2
 DEFAULT_EVAL_EVERY = 1
+# ``eval_every: final``: evaluate after the last epoch only (stored as 0).
+EVAL_FINAL = "final"
+EVAL_FINAL_ONLY = 0
 # Study names become folder names under results/ and Ray experiment names.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -213,8 +216,12 @@ def parse_space(raw: Any, path: Path | str = "<space>") -> StudySpace:
     kind = KIND_SEARCH if search else KIND_GRID
     default_samples = DEFAULT_SEARCH_SAMPLES if kind == KIND_SEARCH else DEFAULT_GRID_REPEATS
     num_samples = _positive_int(raw.get("num_samples", default_samples), f"{src}: num_samples")
-    eval_every = _positive_int(raw.get("eval_every", DEFAULT_EVAL_EVERY), f"{src}: eval_every")
+    eval_every = _parse_eval_every(raw.get("eval_every", DEFAULT_EVAL_EVERY), f"{src}: eval_every")
     scheduler = _parse_scheduler(raw.get("scheduler"), src, kind, len(metrics) > 1)
+    if scheduler.type == SCHEDULER_ASHA and not (EVAL_FINAL_ONLY < eval_every <= scheduler.grace_period):
+        raise ConfigError(f"{src}: eval_every: ASHA compares trials at epoch {scheduler.grace_period} "
+                          f"(scheduler.grace_period) and later; expected an evaluation at least that often "
+                          f"(1..{scheduler.grace_period}), got {raw.get('eval_every')!r}")
     return StudySpace(path=path, name=name, description=description, metrics=metrics, modes=modes,
                       num_samples=num_samples, preset=preset_name, fixed=fixed, search=search, grid=grid,
                       scheduler=scheduler, eval_every=eval_every, raw=dict(raw))
@@ -230,6 +237,15 @@ def _check_name(value: Any, where: str) -> str:
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
+    return value
+
+
+def _parse_eval_every(value: Any, where: str) -> int:
+    if value == EVAL_FINAL:
+        return EVAL_FINAL_ONLY
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected an integer >= 1 (epochs between evaluations) or "
+                          f"'{EVAL_FINAL}', got {value!r}")
     return value
 
 
@@ -318,6 +334,9 @@ def _parse_param(name: str, spec: Any, where: str) -> ParamSpec:
     unknown = [key for key in spec if key not in PARAM_KEYS]
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected some of: {', '.join(PARAM_KEYS)}")
+    if field_type not in (PARAM_FLOAT, PARAM_INT) and "choices" not in spec:
+        raise ConfigError(f"{where}.type: {name} is a {field_type} field; expected choices: [...] "
+                          "(a categorical parameter)")
     default_type = PARAM_CATEGORICAL if "choices" in spec else field_type
     param_type = spec.get("type", default_type)
     if param_type not in PARAM_TYPES:

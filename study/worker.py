@@ -5,10 +5,15 @@ with each model wrapped by ``ray.train.torch.prepare_model`` (DDP when the trial
 CPU and NCCL on GPU; the session then shards the data with a DistributedSampler).
 
 Every epoch all ranks call ``ray.train.report`` once (Ray Train requires equal counts); rank 0 adds the
-metrics, and a checkpoint that is a MAAE run folder. Every ``eval_every`` epochs and after the last one,
+metrics, and a checkpoint that is a MAAE run folder. Every ``eval_every`` epochs (0: never before the end)
+and after the last one,
 rank 0 evaluates on the test set so the scheduler (ASHA) can stop bad trials early; the last checkpoint is a
 complete run folder (``config.json``, ``checkpoint.pt``, ``metrics.json``, ``per_category.csv``,
 ``scores.csv``) that ``python -m maae predict`` reads.
+
+Early stopping: after each epoch rank 0 asks whether the scheduler wants the trial stopped
+(:mod:`study.stopping`); if so every rank reports once more with ``stopped`` and returns, so Ray Train frees
+the workers itself.
 
 Failures: an exception of the training code (a NaN loss, a setting that is only invalid at run time) is
 *reported* as a result with an ``error`` field and the loop returns normally, so Ray Train does not retry
@@ -16,24 +21,13 @@ what would fail again; rank 0 decides for all ranks (``broadcast_from_rank_zero`
 A worker process that dies is not an exception here: Ray Train restarts the worker group from the last
 checkpoint (``FailureConfig.max_failures``).
 
-This is the only module of ``study/`` that touches torch, and only through Ray Train's device helpers.
+This module is imported wherever the train function is unpickled (Tune's trial process, Train's controller),
+so it imports nothing heavy: the loop itself lives in :mod:`study.trial_worker`, imported on the workers only.
 """
 
 from __future__ import annotations
 
-import tempfile
-import time
-import traceback
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-from maae.checkpoint import load_state
-from maae.config import MAAEConfig
-from maae.engine import EpochStats, PreparedData, TrainingSession, prepare_data
-from maae.evaluation import Evaluation, evaluate, normal_score_reference, write_evaluation
-from maae.io import write_json_atomic
-from maae.training import run_config_payload, save_checkpoint
 
 # Keys of the per-epoch result (besides the metric names and ``per_category``).
 RESULT_EPOCH = "epoch"
@@ -44,6 +38,8 @@ RESULT_FINAL = "final"
 RESULT_EVALUATED = "evaluated"
 RESULT_PER_CATEGORY = "per_category"
 RESULT_TRAIN_SECONDS = "train_seconds"
+RESULT_WORLD_SIZE = "world_size"
+RESULT_STOPPED = "stopped"
 # Longest error text carried in a result (a traceback's last lines are enough to act on).
 MAX_ERROR_CHARS = 800
 
@@ -57,163 +53,8 @@ def describe_error(error: BaseException) -> str:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. ``loop_config``: ``config`` (MAAEConfig dict), ``data_root``, ``categories``,
-    ``eval_every``. Returns ``{"error": ...}`` on rank 0 when the trial failed, else ``None``."""
-    return _TrialWorker(loop_config).run()
+    ``eval_every``, ``trial_id`` and ``stop_registry`` (see :mod:`study.stopping`). Returns
+    ``{"error": ...}`` on rank 0 when the trial failed, else ``None``."""
+    from study.trial_worker import TrialWorker
 
-
-class _TrialWorker:
-    """State of one worker during one trial (one attempt: Ray Train restarts it from its checkpoint)."""
-
-    def __init__(self, loop_config: dict[str, Any]) -> None:
-        import ray.train
-        import ray.train.torch
-
-        self.loop_config = loop_config
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = ray.train.torch.get_device()
-        self.eval_every = int(loop_config["eval_every"])
-        self.started = time.perf_counter()
-        self.session: TrainingSession | None = None
-        self.data: PreparedData | None = None
-        self.config: MAAEConfig | None = None
-        self._agree_last = ""
-
-    # ---------------------------------------------------------------------------------------- loop ---
-    def run(self) -> dict[str, Any] | None:
-        _, failure = self._guard(self._setup)
-        if self._agree(failure):
-            return self._report_failure(self._agree_last)
-        assert self.session is not None and self.config is not None
-        restored_final = self.session.epoch >= self.config.epochs  # report the final checkpoint again
-        while restored_final or self.session.epoch < self.config.epochs:
-            step = (lambda: self._finish(None)) if restored_final else self._epoch
-            outcome, failure = self._guard(step)
-            if self._agree(failure):
-                return self._report_failure(self._agree_last)
-            outcome = outcome or {}
-            self._report(outcome.get("metrics", {}), outcome.get("checkpoint_dir"))
-            restored_final = False
-        return None
-
-    def _setup(self) -> None:
-        config = MAAEConfig.from_dict(self.loop_config["config"], source="trial config")
-        import ray.train
-        import ray.train.torch
-
-        data = prepare_data(config, Path(self.loop_config["data_root"]), self.loop_config["categories"],
-                            device=self.device)
-        session = TrainingSession(config, data, device=self.device, wrap_model=ray.train.torch.prepare_model)
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                state = load_state(Path(folder))
-            if state["config"] != config.to_dict() or list(state["categories"]) != list(data.categories):
-                raise RuntimeError(f"checkpoint in {checkpoint.path} belongs to another configuration")
-            session.load_state_dict(state)
-        self.config, self.data, self.session = config, data, session
-
-    def _epoch(self) -> dict[str, Any]:
-        """Train one epoch; on rank 0 also evaluate when due and write the checkpoint folder."""
-        assert self.session is not None and self.config is not None
-        stats = self.session.train_epoch()
-        if self.rank != 0:
-            return {}
-        if self.session.epoch >= self.config.epochs:
-            return self._finish(stats)
-        due = self.session.epoch % self.eval_every == 0
-        evaluation = self._evaluate() if due else None
-        folder = self._checkpoint_folder()
-        save_checkpoint(folder, self.session)
-        write_json_atomic(folder / "config.json", run_config_payload(self.config, self.data))
-        return {"metrics": self._metrics(stats, evaluation, final=False), "checkpoint_dir": folder}
-
-    def _finish(self, stats: EpochStats | None) -> dict[str, Any]:
-        """After the last epoch: a complete MAAE run folder as the checkpoint, and the final metrics."""
-        assert self.session is not None and self.config is not None and self.data is not None
-        if self.rank != 0:
-            return {}
-        evaluation = self._evaluate()
-        models = {key: self.session.core_model(key) for key in self.session.models}
-        reference = normal_score_reference(models, self.data, self.config, device=self.device)
-        folder = self._checkpoint_folder()
-        save_checkpoint(folder, self.session, reference)
-        write_json_atomic(folder / "config.json", run_config_payload(self.config, self.data))
-        seconds = round(time.perf_counter() - self.started, 2)
-        write_evaluation(folder, evaluation, {"epochs": self.session.epoch, "seconds": seconds})
-        return {"metrics": self._metrics(stats, evaluation, final=True), "checkpoint_dir": folder}
-
-    def _evaluate(self) -> Evaluation:
-        assert self.session is not None and self.data is not None and self.config is not None
-        models = {key: self.session.core_model(key) for key in self.session.models}
-        return evaluate(models, self.data, self.config, device=self.device)
-
-    def _metrics(self, stats: EpochStats | None, evaluation: Evaluation | None, *, final: bool) -> dict[str, Any]:
-        assert self.session is not None and self.config is not None
-        metrics: dict[str, Any] = {
-            RESULT_EPOCH: self.session.epoch,
-            RESULT_EPOCHS: self.config.epochs,
-            RESULT_FINAL: final,
-            RESULT_EVALUATED: evaluation is not None,
-            RESULT_TRAIN_SECONDS: round(time.perf_counter() - self.started, 3),
-        }
-        if stats is not None:
-            metrics[RESULT_LOSS] = stats.loss
-            if stats.noise_norm is not None:
-                metrics["noise_norm"] = stats.noise_norm
-            metrics["images_per_second"] = stats.images_per_second
-        if evaluation is not None:
-            metrics.update({name: float(value) for name, value in evaluation.means.items()})
-            metrics[RESULT_PER_CATEGORY] = {category: {name: float(value) for name, value in values.items()}
-                                            for category, values in evaluation.per_category.items()}
-        return metrics
-
-    def _checkpoint_folder(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="maae-trial-checkpoint-"))
-
-    # ------------------------------------------------------------------------------ coordination ---
-    def _guard(self, step: Callable[[], Any]) -> tuple[Any, str | None]:
-        """Run ``step``; return (its value, None) or (None, the error line) instead of raising, so that
-        all ranks can stop together."""
-        try:
-            return step(), None
-        except Exception as error:  # noqa: BLE001 - every training error becomes a failed trial
-            if self.rank == 0:
-                traceback.print_exc()
-            return None, describe_error(error)
-
-    def _agree(self, local_failure: str | None) -> bool:
-        """Whether the trial failed, by rank 0's verdict for every rank (kept in ``_agree_last``).
-
-        A rank that failed alone raises: Ray Train then restarts the worker group from the last checkpoint
-        (a problem of that worker, not of the trial's settings).
-        """
-        verdict = local_failure
-        if self.world_size > 1:
-            from ray.train.collective import broadcast_from_rank_zero
-
-            verdict = broadcast_from_rank_zero(local_failure)
-            if verdict is None and local_failure is not None:
-                raise RuntimeError(f"rank {self.rank} failed alone: {local_failure}")
-        self._agree_last = verdict or ""
-        return verdict is not None
-
-    def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        if self.rank == 0 and checkpoint_dir is not None:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
-                             delete_local_checkpoint_after_upload=True)
-        else:
-            ray.train.report(metrics)
-
-    def _report_failure(self, failure: str) -> dict[str, Any]:
-        epoch = self.session.epoch if self.session is not None else 0
-        epochs = self.config.epochs if self.config is not None else None
-        metrics: dict[str, Any] = {RESULT_ERROR: failure, RESULT_EPOCH: epoch, RESULT_FINAL: True,
-                                   RESULT_EVALUATED: False}
-        if epochs is not None:
-            metrics[RESULT_EPOCHS] = epochs
-        self._report(metrics if self.rank == 0 else {}, None)
-        return {RESULT_ERROR: failure}
+    return TrialWorker(loop_config).run()

@@ -26,6 +26,7 @@ import yaml
 from maae.metrics import METRIC_NAMES
 from study import cli, results
 from study.results import StudyRecorder, TrialSnapshot
+from study.stopping import registry_name, request_stop, stop_requested
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [sys.executable, str(REPO / "study" / "run.py")]
@@ -108,7 +109,7 @@ def read_tables(folder: Path) -> tuple[dict, pd.DataFrame, pd.DataFrame, pd.Data
 
 def final_run_folder(folder: Path, trial_id: str) -> Path:
     """The trial's own last checkpoint: the MAAE run folder its rank 0 wrote."""
-    runs = sorted((folder / "ray" / "train" / trial_id).glob("checkpoint_*"))
+    runs = sorted(p for p in (folder / "ray" / "train" / trial_id).glob("checkpoint_*") if p.is_dir())
     assert runs, f"no checkpoint for trial {trial_id}"
     return runs[-1]
 
@@ -306,6 +307,61 @@ def test_study_joins_a_cluster_started_with_ray_start(tmp_path: Path, tiny_data:
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(timeout=30)
+
+
+def test_graceful_asha_turns_stop_into_a_request(ray_session: str) -> None:
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from study.driver import GracefulASHA
+
+    registry = registry_name("/tmp/asha-unit-test")
+    scheduler = GracefulASHA(registry, time_attr="epoch", metric="image_auroc", mode="max", max_t=4,
+                             grace_period=1, reduction_factor=2)
+    trials = [SimpleNamespace(trial_id=f"t{i}") for i in range(3)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    decisions = [scheduler.on_trial_result(None, trial, {"epoch": 1, "image_auroc": value})
+                 for trial, value in zip(trials, (0.9, 0.8, 0.1), strict=True)]
+    assert decisions == [TrialScheduler.CONTINUE] * 3  # never a STOP that would kill the Train run
+    # ASHA (rf 2) stops what falls below the median of the rung so far: 0.8 < 0.9 and 0.1 < 0.85
+    assert [stop_requested(registry, t.trial_id) for t in trials] == [False, True, True]
+
+
+def test_a_trial_asked_to_stop_ends_itself_and_frees_its_workers(
+        tmp_path: Path, tiny_data: Path, ray_session: str, caches: dict[str, str]) -> None:
+    import ray
+
+    space = space_file(tmp_path, "stop", fixed={"epochs": 200}, eval_every="final")
+    args = study_args(space, tiny_data, tmp_path / "results", "--address", ray_session)
+    folder = tmp_path / "results" / "stop"
+    log = (tmp_path / "stop.log").open("w")
+    driver = subprocess.Popen([*RUN, *args], cwd=REPO, env=child_env(caches), stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + KILL_WAIT_S
+        trial_id = None
+        while time.monotonic() < deadline and driver.poll() is None and trial_id is None:
+            time.sleep(0.5)
+            if (folder / "history.csv").is_file():
+                history = pd.read_csv(folder / "history.csv", dtype={"trial_id": str})
+                if len(history) >= 2:
+                    trial_id = history.trial_id.iloc[0]
+        assert trial_id is not None, (tmp_path / "stop.log").read_text()[-3000:]
+        request_stop(registry_name(str(folder.resolve())), trial_id)
+        assert driver.wait(timeout=KILL_WAIT_S) == 0, (tmp_path / "stop.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        log.close()
+    study, trials, _, _ = read_tables(folder)
+    assert study["status"] == "finished"
+    row = trials.iloc[0]
+    assert row.status == "stopped" and 2 <= row.epochs_done < 200
+    deadline = time.monotonic() + 30
+    while ray.available_resources().get("CPU", 0) < SESSION_CPUS and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU", 0) == SESSION_CPUS  # the stopped trial's workers are gone
 
 
 # -------------------------------------------------------------------- bad input via the command line ---

@@ -1,0 +1,402 @@
+"""``python study/run.py``: run a study of MAAE's hyperparameters with Optuna under Ray Tune.
+
+Order of work: everything cheap is validated first (space file, configuration, flags, data, the cluster's
+address and whether a trial's workers can ever fit), then the frozen-backbone features are computed once
+into the shared cache, then Ray is started (or joined) and the trials run. Any problem with the input is one
+line on stderr and exit code 2, and leaves nothing under ``results/<name>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from maae.config import PRESETS, MAAEConfig, parse_set_arguments
+from maae.errors import EXIT_USAGE, ConfigError, MAAEError
+from maae.metrics import METRIC_NAMES
+from study import cluster
+from study import results as res
+from study.space import (
+    StudySpace,
+    as_plain,
+    base_config,
+    check_against_base,
+    feature_variants,
+    hyperparameter_columns,
+    load_space,
+    study_overrides,
+    study_preset,
+    summary,
+)
+from study.stopping import registry_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+EXIT_INTERRUPTED = 130
+FEATURE_CACHE_ENV = "MAAE_FEATURE_CACHE"
+DATA_CACHE_ENV = "MAAE_DATA_CACHE"
+SHARED_FEATURE_CACHE = "feature-cache"
+EXAMPLES_PER_CATEGORY = 3
+RESUME_KEYS = ("space", "data_root", "categories", "preset", "fixed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python study/run.py",
+        description="Search MAAE's hyperparameters with Optuna (TPE) and ASHA under Ray Tune; each trial is a "
+                    "Ray Train TorchTrainer run. Results go to <results>/<name>/.")
+    parser.add_argument("--space", required=True, help="search space YAML (see search_spaces/README.md)")
+    parser.add_argument("--data", help="data set in MVTec-AD layout (default: the embedded set)")
+    parser.add_argument("--categories", help="comma-separated subset of categories (default: all)")
+    parser.add_argument("--preset", choices=PRESETS, help="base settings (default: the space's preset, else quick)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
+                        help="fix a MAAEConfig field for every trial (repeatable)")
+    parser.add_argument("--epochs", type=int, help="override the number of epochs of every trial")
+    parser.add_argument("--num-samples", type=int, help="trials to sample (grid: repetitions of the grid)")
+    parser.add_argument("--name", help="study name (default: the space's name)")
+    parser.add_argument("--results", default="results", help="results folder (default: results/)")
+    parser.add_argument("--address", help="join a Ray cluster: 'auto' or host:port (default: a local Ray)")
+    parser.add_argument("--storage", help="shared path or URI for Ray's experiment folder on a cluster "
+                                          "(default: <results>/<name>/ray)")
+    parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (DDP)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0)
+    parser.add_argument("--gpus-per-worker", type=float, default=0.0)
+    parser.add_argument("--max-concurrent", type=int,
+                        help="most trials at once (default: as many as the cluster fits)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
+    parser.add_argument("--worker-retries", type=int, default=2,
+                        help="restarts of a trial's workers after a worker process died")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study <results>/<name> after it was interrupted or killed")
+    parser.add_argument("--no-examples", action="store_true", help="skip the example pictures in best/")
+    parser.add_argument("--verbose", action="store_true", help="also show the logs of Ray's workers")
+    return parser
+
+
+@dataclass
+class Plan:
+    """The validated inputs of one study."""
+
+    args: argparse.Namespace
+    space: StudySpace
+    preset: str
+    base: MAAEConfig
+    fixed: dict[str, Any]
+    hyper_columns: list[str]
+    results_dir: Path
+    data_root: Path
+    categories: list[str]
+    shape: cluster.WorkerShape
+    address: str | None
+    num_cpus: int
+    ray_storage: str
+    env_vars: dict[str, str]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        plan = validate(args)
+        return run(plan)
+    except MAAEError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+# ------------------------------------------------------------------------------------ validation ---
+
+def validate(args: argparse.Namespace) -> Plan:
+    """All checks that need no Ray, in order of cost; raises one-line MAAEErrors."""
+    space = load_space(Path(args.space)).with_overrides(name=args.name, num_samples=args.num_samples)
+    overrides = parse_set_arguments(list(args.set))
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    base = base_config(space, preset_name=args.preset, overrides=overrides)
+    check_against_base(space, base)
+    fixed = study_overrides(space, overrides, base)
+    shape = cluster.WorkerShape(args.workers_per_trial, args.cpus_per_worker, args.gpus_per_worker)
+    cluster.check_shape(shape)
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        raise ConfigError(f"--max-concurrent: expected an integer >= 1, got {args.max_concurrent}")
+    if args.worker_retries < 0:
+        raise ConfigError(f"--worker-retries: expected an integer >= 0, got {args.worker_retries}")
+    results_dir = (Path(args.results) / space.name).resolve()
+    _check_results_dir(results_dir, args.resume)
+
+    address = cluster.resolve_address(args.address) if args.address else None
+    num_cpus = args.num_cpus or cluster.local_cpus()
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise ConfigError(f"--num-cpus: expected an integer >= 1, got {args.num_cpus}")
+    if address is None:
+        cluster.check_fits(shape, cluster.local_resources(num_cpus), f"this machine (--num-cpus {num_cpus})")
+
+    categories_requested = _categories(args.categories)
+    data_root = _data_root(args.data)
+    from maae.data import resolve_categories
+
+    categories = resolve_categories(data_root, categories_requested)
+    storage = args.storage.rstrip("/") if args.storage else None
+    ray_storage = f"{storage}/{space.name}" if storage else str(results_dir / res.RAY_DIR)
+    plan = Plan(args=args, space=space, preset=study_preset(space, args.preset), base=base, fixed=fixed,
+                hyper_columns=hyperparameter_columns(space, fixed), results_dir=results_dir,
+                data_root=data_root.resolve(), categories=categories, shape=shape, address=address,
+                num_cpus=num_cpus, ray_storage=ray_storage, env_vars={})
+    plan.env_vars = study_environment(local=address is None, storage=storage)
+    if args.resume:
+        _check_resume(plan)
+    return plan
+
+
+def _categories(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise ConfigError(f"--categories: expected a comma-separated list of category names, got {text!r}")
+    return names
+
+
+def _data_root(path: str | None) -> Path:
+    if path:
+        root = Path(path)
+        if not root.is_dir():
+            raise ConfigError(f"--data {root}: no such folder (expected a data set in MVTec-AD layout)")
+        return root
+    from maae.synthetic import embedded_data_root
+
+    return embedded_data_root()
+
+
+def _check_results_dir(results_dir: Path, resume: bool) -> None:
+    study_file = results_dir / res.STUDY_FILE
+    if resume and not study_file.is_file():
+        raise ConfigError(f"--resume: {results_dir} holds no study to resume (no {res.STUDY_FILE}); "
+                          "run without --resume to start it")
+    if not resume and results_dir.exists() and any(results_dir.iterdir()):
+        raise ConfigError(f"--name: {results_dir} already holds a study; pass --resume to continue it, or "
+                          "another --name (or --results) to start a new one")
+
+
+def _check_resume(plan: Plan) -> None:
+    import json
+
+    study_file = plan.results_dir / res.STUDY_FILE
+    try:
+        before = json.loads(study_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ConfigError(f"{study_file}: unreadable ({err}); cannot resume") from None
+    now = _study_identity(plan)
+    for key in RESUME_KEYS:
+        if key in before and before[key] != now[key]:
+            raise ConfigError(f"--resume: {key} differs from the study in {plan.results_dir} (was "
+                              f"{_short(before[key])}, now {_short(now[key])}); expected the same command")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _study_identity(plan: Plan) -> dict[str, Any]:
+    import json
+
+    return json.loads(json.dumps({
+        "space": plan.space.raw, "data_root": str(plan.data_root), "categories": plan.categories,
+        "preset": plan.preset, "fixed": plan.fixed}, default=str))
+
+
+def study_environment(*, local: bool, storage: str | None = None) -> dict[str, str]:
+    """Environment of every Ray process of a study (and of the study's own process): Ray settings, the
+    shared feature cache (on ``--storage`` when it is a path and ``MAAE_FEATURE_CACHE`` is not set), the
+    data cache, and the repository on ``PYTHONPATH``."""
+    env = dict(cluster.STUDY_ENV)
+    if local:
+        env.update(cluster.LOCAL_ENV)
+    if os.environ.get(FEATURE_CACHE_ENV):
+        env[FEATURE_CACHE_ENV] = os.environ[FEATURE_CACHE_ENV]
+    elif storage and "://" not in storage:
+        env[FEATURE_CACHE_ENV] = str(Path(storage).resolve() / SHARED_FEATURE_CACHE)
+    if os.environ.get(DATA_CACHE_ENV):
+        env[DATA_CACHE_ENV] = os.environ[DATA_CACHE_ENV]
+    python_path = [str(REPO_ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(python_path))
+    return env
+
+
+# ------------------------------------------------------------------------------------------- run ---
+
+def run(plan: Plan) -> int:
+    os.environ.update({key: value for key, value in plan.env_vars.items() if key != "PYTHONPATH"})
+    say(summary(plan.space))
+    say(f"data {plan.data_root} ({len(plan.categories)} categories: {', '.join(plan.categories)}), "
+        f"preset {plan.preset}, {plan.base.epochs} epochs, {plan.shape.describe()} per trial")
+    warm_feature_cache(plan)
+    started_ray = time.perf_counter()
+    own_ray = not cluster.is_connected()  # a caller (e.g. a test session) may have connected already
+    if not own_ray:
+        where = "the Ray this process is connected to"
+    elif plan.address is None:
+        cluster.start_local(plan.num_cpus, plan.env_vars, log_to_driver=plan.args.verbose)
+        where = f"local Ray ({plan.num_cpus} CPUs)"
+    else:
+        cluster.join(plan.address, plan.env_vars, log_to_driver=plan.args.verbose)
+        where = f"the cluster at {plan.address}"
+    try:
+        resources = cluster.cluster_resources()
+        cluster.check_fits(plan.shape, resources, where)
+        concurrent = cluster.max_concurrent_trials(plan.shape, resources, plan.args.max_concurrent)
+        dashboard = cluster.dashboard_url()
+        say(f"Ray ready in {time.perf_counter() - started_ray:.1f}s: {where}, {resources.describe()}; "
+            f"up to {concurrent} trial(s) at once" + (f"; dashboard {dashboard}" if dashboard else ""))
+        return run_study(plan, concurrent)
+    finally:
+        if own_ray:
+            cluster.shutdown()
+
+
+def warm_feature_cache(plan: Plan) -> None:
+    """Compute the frozen-backbone features once, before any trial (trials then only open memory maps)."""
+    from maae.engine import default_device, prepare_data
+    from maae.training import print_progress
+
+    started = time.perf_counter()
+    for variant in feature_variants(plan.space, plan.base):
+        if variant.feature_cache:
+            prepare_data(variant, plan.data_root, plan.categories, device=default_device(),
+                         progress=print_progress)
+    say(f"feature cache ready in {time.perf_counter() - started:.1f}s "
+        f"({os.environ.get(FEATURE_CACHE_ENV) or 'default location'})")
+
+
+def run_study(plan: Plan, concurrent: int) -> int:
+    from study import driver
+
+    space = plan.space
+    trial_settings = driver.TrialSettings(
+        base_config=plan.base.to_dict(), data_root=str(plan.data_root), categories=tuple(plan.categories),
+        eval_every=space.eval_every, workers=plan.shape.workers, cpus_per_worker=plan.shape.cpus,
+        gpus_per_worker=plan.shape.gpus, train_storage=f"{plan.ray_storage}/{driver.TRAIN_RUNS}",
+        stop_registry=registry_name(str(plan.results_dir)), worker_retries=plan.args.worker_retries)
+    recorder_settings = driver.RecorderSettings(
+        results_dir=str(plan.results_dir), metric=space.metric, mode=space.mode,
+        base_config=plan.base.to_dict(), hyper_columns=tuple(plan.hyper_columns),
+        total_trials=space.total_trials)
+    tuner_plan = driver.TunerPlan(space=space, base=plan.base, trial_settings=trial_settings,
+                                  recorder_settings=recorder_settings, ray_storage=plan.ray_storage,
+                                  max_concurrent=concurrent, seed=plan.args.seed)
+    study = study_payload(plan)
+    plan.results_dir.mkdir(parents=True, exist_ok=True)
+    res.write_study_json(plan.results_dir, study)
+
+    resumed = plan.args.resume and driver.can_restore(tuner_plan)
+    tuner = driver.restore_tuner(tuner_plan) if resumed else driver.build_tuner(tuner_plan)
+    say(("resuming" if resumed else "starting") + f" study {space.name}: {space.total_trials} trial(s) "
+        f"-> {plan.results_dir}")
+    previous_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    interrupted = False
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+    return finish(plan, study, interrupted)
+
+
+def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM stops the study like Ctrl-C: Tune saves its state and the study can be resumed."""
+    os.kill(os.getpid(), signal.SIGINT)
+
+
+def study_payload(plan: Plan) -> dict[str, Any]:
+    space = plan.space
+    previous: dict[str, Any] = {}
+    study_file = plan.results_dir / res.STUDY_FILE
+    if plan.args.resume and study_file.is_file():
+        import json
+
+        previous = json.loads(study_file.read_text(encoding="utf-8"))
+    identity = _study_identity(plan)
+    return {
+        "name": space.name, "description": space.description, "space_file": str(space.path),
+        "space": identity["space"], "command": res.command_line(), "data_root": str(plan.data_root),
+        "categories": plan.categories, "preset": plan.preset, "metric": space.metric, "mode": space.mode,
+        "metrics": list(space.metrics), "modes": list(space.modes), "kind": space.kind,
+        "searched": list(space.searched), "fixed": identity["fixed"], "versions": res.versions(),
+        "git_commit": res.git_commit(REPO_ROOT), "started_at": previous.get("started_at") or res.now_iso(),
+        "ended_at": None, "status": res.STUDY_RUNNING, "num_samples": space.num_samples,
+        "total_trials": space.total_trials, "best_trial_id": previous.get("best_trial_id"),
+        "workers_per_trial": plan.shape.workers, "ray_storage": plan.ray_storage,
+        "base_config": as_plain(plan.base.to_dict()),
+    }
+
+
+def finish(plan: Plan, study: dict[str, Any], interrupted: bool) -> int:
+    """Final tables, examples of the best trial, ``study.json``, the report, and the summary on stdout."""
+    recorder = res.StudyRecorder(plan.results_dir, metric=plan.space.metric, mode=plan.space.mode,
+                                 hyper_columns=plan.hyper_columns, hyper_values=lambda params: dict(params))
+    recorder.load_existing()
+    unfinished = [r for r in recorder.trials.values() if r.status in (res.RUNNING, res.PENDING)]
+    interrupted = interrupted or bool(unfinished) or len(recorder.trials) < plan.space.total_trials
+    best = recorder.best()
+    best_dir = plan.results_dir / res.BEST_DIR
+    if best is not None and best_dir.is_dir() and not plan.args.no_examples and not interrupted:
+        write_examples_safely(best_dir, plan.data_root)
+    study.update(ended_at=res.now_iso(), best_trial_id=best.trial_id if best else None,
+                 status=res.STUDY_INTERRUPTED if interrupted else res.STUDY_FINISHED)
+    res.write_study_json(plan.results_dir, study)
+    from study.driver import write_report_safely
+
+    write_report_safely(plan.results_dir, False)
+    print_summary(plan, recorder, best)
+    if interrupted:
+        say(f"interrupted: continue with the same command plus --resume "
+            f"(finished trials are kept), results so far in {plan.results_dir}")
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def write_examples_safely(best_dir: Path, data_root: Path) -> None:
+    try:
+        from maae.examples import write_examples
+    except ImportError as err:  # TODO(lead): maae.examples is part of maae; drop this guard once it is final
+        say(f"warning: no example pictures (maae.examples unavailable: {err})")
+        return
+    try:
+        write_examples(best_dir, data_root, best_dir / "examples", per_category=EXAMPLES_PER_CATEGORY)
+    except Exception as err:  # noqa: BLE001 - pictures are a bonus; the study's numbers are already saved
+        say(f"warning: example pictures not written ({type(err).__name__}: {err})")
+
+
+def print_summary(plan: Plan, recorder: res.StudyRecorder, best: res.TrialRecord | None) -> None:
+    counts = recorder.counts()
+    say("trials: " + ", ".join(f"{count} {status}" for status, count in counts.items() if count))
+    for record in recorder.trials.values():
+        if record.status == res.FAILED:
+            say(f"  failed {record.trial_id}: {record.error}")
+    if best is None:
+        print(f"no completed trial with a {plan.space.metric}; results in {plan.results_dir}")
+        return
+    params = ", ".join(f"{name}={best.params.get(name)}" for name in plan.space.searched)
+    print(f"\nbest trial {best.trial_id} ({plan.space.metric} {best.means[plan.space.metric]:.4f}, "
+          f"{plan.space.mode}){': ' + params if params else ''}")
+    rows = [[category, *[values.get(m) for m in METRIC_NAMES]] for category, values in best.per_category.items()]
+    rows.append(["mean", *[best.means.get(m) for m in METRIC_NAMES]])
+    print(res.table(rows, ["category", *METRIC_NAMES]))
+    print(f"\nresults: {plan.results_dir}  (study.json, trials.csv, per_category.csv, history.csv, best/, "
+          f"report.html)")
+    print(f"predict: python -m maae predict --checkpoint {plan.results_dir / res.BEST_DIR} IMAGE --out OUT")
+
+
+def say(message: str) -> None:
+    print(f"[study] {message}", file=sys.stderr, flush=True)
+
+
+__all__ = ["build_parser", "main", "study_environment", "validate"]
