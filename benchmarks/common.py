@@ -189,20 +189,11 @@ def flop_counter() -> torch.utils.flop_counter.FlopCounterMode:
 
 def count_flops(fn: Callable[[], Any]) -> tuple[int, dict[str, int]]:
     """FLOPs of one call of ``fn`` (matmuls, convolutions, attention), in total and per aten operator."""
-    total, per_op, _ = count_flops_by_module(fn)
-    return total, per_op
-
-
-def count_flops_by_module(fn: Callable[[], Any]) -> tuple[int, dict[str, int], dict[str, int]]:
-    """Like :func:`count_flops`, plus the FLOPs (forward and backward) of every module, by qualified name
-    (``<RootClass>.<path>``, as ``FlopCounterMode`` names them)."""
     counter = flop_counter()
     with counter:
         fn()
-    counts = counter.get_flop_counts()
-    per_op = {str(op).split(".")[-1]: int(flops) for op, flops in counts["Global"].items()}
-    per_module = {name: int(sum(by_op.values())) for name, by_op in counts.items() if name != "Global"}
-    return int(counter.get_total_flops()), per_op, per_module
+    per_op = {str(op).split(".")[-1]: int(flops) for op, flops in counter.get_flop_counts()["Global"].items()}
+    return int(counter.get_total_flops()), per_op
 
 
 def matmul_seconds(size: int, dtype: torch.dtype = torch.float32, device: str = "cpu") -> Callable[[], float]:

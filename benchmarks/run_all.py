@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/run_all.py                 # the full suite (tens of minutes on 2 cores)
     .venv/bin/python benchmarks/run_all.py --tiny          # seconds-scale smoke run (the test uses it)
     .venv/bin/python benchmarks/run_all.py --only train_step --out /tmp/step.json
+    .venv/bin/python benchmarks/run_all.py --only train_step --merge   # re-run one, keep the rest of the file
 
 The JSON's top level holds the headline numbers (``feature_cache_speedup``, ``ray_overhead_ratio``,
 ``train_step_flops_fraction``, ``predict_images_per_s`` and a few more; ``null`` when not measured), the table
@@ -23,6 +24,7 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
+import json  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
@@ -73,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"torch intra-op threads of the measured code (default: {DEFAULT_THREADS})")
     parser.add_argument("--data", help="data set in MVTec-AD layout (default: the embedded set; --tiny: a tiny "
                                        "generated one)")
+    parser.add_argument("--merge", action="store_true",
+                        help="update --out in place: replace only the benchmarks run now (with --only), keep the rest")
     parser.add_argument("--keep-work", action="store_true", help="keep the scratch folder (its path is printed)")
     return parser
 
@@ -125,6 +129,29 @@ def finite(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [finite(item) for item in value]
     return value
+
+
+def merged(previous: dict[str, Any], current: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """``previous`` results with the benchmarks in ``names`` replaced by ``current``'s (``--merge``).
+
+    Headline numbers and table rows of the replaced benchmarks come from ``current``; the rest, and the
+    environment of the first run, stay; ``reruns`` records what was replaced, when, on which load.
+    """
+    if previous.get("mode") != current["mode"]:
+        raise SystemExit(f"error: --merge: the file holds a {previous.get('mode')} run, this is a {current['mode']} "
+                         "run; expected the same mode")
+    result = dict(previous)
+    result["benchmarks"] = {**previous.get("benchmarks", {}), **current["benchmarks"]}
+    for record in current["benchmarks"].values():
+        result.update(record.get("headline", {}))
+    result["checks"] = [row for row in previous.get("checks", []) if row["benchmark"] not in names]
+    result["checks"] += current["checks"]
+    order = list(BENCHMARKS)
+    result["checks"].sort(key=lambda row: order.index(row["benchmark"]) if row["benchmark"] in order else len(order))
+    result["reruns"] = [*previous.get("reruns", []), {
+        "benchmarks": list(names), "date": current["date"], "seconds": current["suite_seconds"],
+        "environment": current["environment"]}]
+    return result
 
 
 def format_value(check: Check) -> str:
@@ -211,6 +238,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "checks": [check.as_dict() for check in checks],
         "benchmarks": records,
     }
+    if args.merge and out.is_file():
+        payload = merged(json.loads(out.read_text()), payload, names)
     write_json_atomic(out, finite(payload))
     print(table(checks))
     print(f"\nwritten: {out}")

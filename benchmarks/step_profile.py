@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from benchmarks.common import flop_counter
 from maae.config import MAAEConfig
 from maae.engine import Optimizers, train_step
 from maae.model.attention import ChannelSelfAttention, DilatedConv, SpatialSelfAttention
@@ -75,15 +76,40 @@ def _category_of(module: nn.Module) -> str | None:
     return None
 
 
-def flops_by_part(model: nn.Module, flops_by_module: dict[str, int], total: int) -> dict[str, int]:
-    """FLOPs of each part, from ``FlopCounterMode``'s per-module counts (the rest is ``other``)."""
-    root = type(model).__name__
+def flops_by_part(model: nn.Module, stages: Sequence[torch.Tensor], total: int) -> dict[str, int]:
+    """FLOPs (forward + backward) of each part in one training step on ``stages``; the rest is ``other``.
+
+    Every labelled module is counted on its own: its inputs are captured during one forward pass of
+    ``model``, then the module runs forward and backward on them (inputs that needed gradients in the model
+    need them here too). ``FlopCounterMode``'s own per-module split is not used: it charges the backward of
+    sibling modules whose gradients interleave (spatial and channel attention) to both.
+    """
+    captured: list[tuple[str, nn.Module, tuple[Any, ...]]] = []
+
+    def capture(category: str) -> Callable[..., None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            captured.append((category, module, tuple(
+                arg.detach().requires_grad_(arg.requires_grad) if isinstance(arg, torch.Tensor) else
+                [a.detach() for a in arg] if isinstance(arg, list | tuple) else arg for arg in args)))
+        return hook
+
+    handles = [module.register_forward_pre_hook(capture(category)) for module in model.modules()
+               if (category := _category_of(module)) is not None]
+    try:
+        model.train()
+        model(stages)
+    finally:
+        for handle in handles:
+            handle.remove()
     parts = dict.fromkeys(CATEGORIES, 0)
-    for name, module in model.named_modules():
-        category = _category_of(module)
-        if category is not None and name:
-            parts[category] += flops_by_module.get(f"{root}.{name}", 0)
-    parts[OTHER] += total - sum(parts.values())
+    for category, module, args in captured:
+        counter = flop_counter()
+        with counter:
+            output = module(*args)
+            if output.requires_grad:
+                output.backward(torch.ones_like(output))
+        parts[category] += int(counter.get_total_flops())
+    parts[OTHER] = max(0, total - sum(parts.values()))
     return parts
 
 

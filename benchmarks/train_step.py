@@ -32,7 +32,7 @@ from benchmarks.common import (
     Outcome,
     Settings,
     at_least,
-    count_flops_by_module,
+    count_flops,
     info,
     interleave,
     matmul_seconds,
@@ -292,8 +292,7 @@ def run(settings: Settings) -> Outcome:
     optimizers = build_optimizers(model, config)
     batch = harness.batch(config.batch_size)
     with torch_threads(threads):
-        flops, flops_by_op, flops_by_module = count_flops_by_module(
-            lambda: train_step(model, optimizers, batch, config))
+        flops, flops_by_op = count_flops(lambda: train_step(model, optimizers, batch, config))
         train_step(model, optimizers, batch, config)  # warm-up
     matmul = matmul_seconds(sizes.matmul_size)
 
@@ -318,7 +317,7 @@ def run(settings: Settings) -> Outcome:
         profile = profile_training(session.models[UNIFIED_KEY], session.optimizers[UNIFIED_KEY], loader, config,
                                    sizes.profile_steps, device)
 
-    part_flops = flops_by_part(model, flops_by_module, flops)
+    part_flops = flops_by_part(harness.fresh_model(config), batch, flops)
     profile["flops_per_step_by_part"] = part_flops
     profile["achieved_gflops_per_second_by_part"] = {
         part: part_flops[part] / (profile["ms_per_step"][part] * 1e-3) / GIGA

@@ -108,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MAAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself while they run)
+        print("interrupted before the study started", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 # ------------------------------------------------------------------------------------ validation ---

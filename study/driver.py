@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import sys
-import time
+import threading
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,8 +127,7 @@ class StudyCallback(tune.Callback):
         self.settings = settings
         self._recorder: res.StudyRecorder | None = None
         self._best_copied: str | None = None
-        self._last_report = 0.0
-        self._report_warned = False
+        self._reports: ReportRefresher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {"settings": self.settings}
@@ -150,6 +149,7 @@ class StudyCallback(tune.Callback):
     # Tune hooks ---------------------------------------------------------------------------------
     def setup(self, **info: Any) -> None:
         _ = self.recorder
+        self._reports = ReportRefresher(Path(self.settings.results_dir))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.recorder.start(trial.trial_id)
@@ -170,11 +170,12 @@ class StudyCallback(tune.Callback):
         self._progress(trial.trial_id, None)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self._refresh(trials, force_report=True)
+        self._refresh(trials)
+        if self._reports is not None:
+            self._reports.close()  # the study's end writes the final report itself
 
     # internals ----------------------------------------------------------------------------------
-    def _refresh(self, trials: list, force_report: bool = False,
-                 ending: Mapping[str, str] | None = None) -> None:
+    def _refresh(self, trials: list, ending: Mapping[str, str] | None = None) -> None:
         recorder = self.recorder
         for trial in trials:
             snapshot = _snapshot(trial, recorder)
@@ -185,9 +186,8 @@ class StudyCallback(tune.Callback):
             recorder.observe(snapshot)
         recorder.write()
         self._update_best()
-        if force_report or time.monotonic() - self._last_report >= REPORT_INTERVAL_S:
-            self._last_report = time.monotonic()
-            self._report_warned = write_report_safely(Path(self.settings.results_dir), self._report_warned)
+        if self._reports is not None:
+            self._reports.request()
 
     def _update_best(self) -> None:
         best = self.recorder.best()
@@ -211,6 +211,8 @@ class StudyCallback(tune.Callback):
         if result is not None and record is not None:
             if result.get(RESULT_ERROR):
                 parts.append(f"trial {trial_id} failed: {result[RESULT_ERROR]}")
+            elif result.get(RESULT_STOPPED):
+                parts.append(f"trial {trial_id} stops early after epoch {result.get(RESULT_EPOCH)} (ASHA)")
             elif RESULT_EPOCH in result:
                 text = f"trial {trial_id} epoch {result[RESULT_EPOCH]}/{result.get(RESULT_EPOCHS, '?')}"
                 if _finite(result.get(RESULT_LOSS)):
@@ -250,6 +252,37 @@ def _error_line(trial: Any) -> str:
     line = (telling or lines or ["trial raised an error"])[-1]
     where = f" (trace: {trial.error_file})" if getattr(trial, "error_file", None) else ""
     return (line[:600] + where)[:800]
+
+
+class ReportRefresher:
+    """Rebuilds the HTML report in a background thread, at most every :data:`REPORT_INTERVAL_S`, so that
+    Tune's event loop never waits for it (the report only reads the tables, which are replaced atomically).
+    """
+
+    def __init__(self, results_dir: Path) -> None:
+        self.results_dir = results_dir
+        self._wanted = threading.Event()
+        self._closed = threading.Event()
+        self._warned = False
+        self._thread = threading.Thread(target=self._loop, name="study-report", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        self._wanted.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._wanted.set()
+        self._thread.join(timeout=REPORT_INTERVAL_S)
+
+    def _loop(self) -> None:
+        while not self._closed.is_set():
+            self._wanted.wait()
+            if self._closed.is_set():
+                return
+            self._wanted.clear()
+            self._warned = write_report_safely(self.results_dir, self._warned)
+            self._closed.wait(REPORT_INTERVAL_S)
 
 
 def write_report_safely(results_dir: Path, warned: bool) -> bool:

@@ -92,20 +92,24 @@ class TrialRecord:
     seconds: float | None = None
     error: str | None = None
     final: bool = False
+    stopped: bool = False  # the trial ended early at the scheduler's request (ASHA)
     checkpoint_path: str | None = None
-    restored_status: str | None = None  # the status an earlier run wrote, until Tune reports anew
 
     @property
     def status(self) -> str:
+        """``failed`` (error), ``completed`` (its last epoch reported), ``stopped`` (ended early by ASHA),
+        ``running``, or ``pending`` (not started, or cut off by an interruption: ``--resume`` continues it)."""
         if self.error:
             return FAILED
-        if self.tune_status == TUNE_TERMINATED:
-            return COMPLETED if self.final else STOPPED
+        if self.final:
+            return COMPLETED
+        if self.stopped:
+            return STOPPED
         if self.tune_status == TUNE_RUNNING:
             return RUNNING
         if self.tune_status == TUNE_ERROR:
             return FAILED
-        return self.restored_status or PENDING
+        return PENDING
 
 
 class StudyRecorder:
@@ -142,7 +146,7 @@ class StudyRecorder:
         record = self.record(trial_id)
         record.error = None
         record.final = False
-        record.restored_status = None
+        record.stopped = False
 
     def add_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
         """One reported epoch (or a failure) of a trial."""
@@ -155,6 +159,8 @@ class StudyRecorder:
             record.epochs = int(result[RESULT_EPOCHS])
         if result.get(CHECKPOINT_PATH_KEY):
             record.checkpoint_path = str(result[CHECKPOINT_PATH_KEY])
+        if result.get(RESULT_STOPPED):
+            record.stopped = True
         if RESULT_EPOCH not in result or result.get(RESULT_ERROR) or result.get(RESULT_STOPPED):
             return
         epoch = int(result[RESULT_EPOCH])
@@ -237,8 +243,8 @@ class StudyRecorder:
             error = row.get("error")
             record.error = str(error) if isinstance(error, str) and error else None
             status = str(row.get("status"))
-            record.restored_status = status if status in (COMPLETED, STOPPED, FAILED) else None
             record.final = status == COMPLETED
+            record.stopped = status == STOPPED
             record.tune_status = {COMPLETED: TUNE_TERMINATED, STOPPED: TUNE_TERMINATED}.get(status, "PENDING")
         for row in _read(self.results_dir / PER_CATEGORY_FILE).to_dict("records"):
             record = self.record(str(row["trial_id"]))

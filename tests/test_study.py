@@ -135,20 +135,23 @@ def test_recorder_statuses_tables_and_reload(tmp_path: Path) -> None:
     recorder.observe(TrialSnapshot("b", "RUNNING", {"lr": 10.0}))
     recorder.add_result("b", {"error": "NonFiniteLossError: reconstruction loss is nan", "epoch": 0})
     recorder.observe(TrialSnapshot("b", "TERMINATED", {"lr": 10.0}))
-    recorder.observe(TrialSnapshot("c", "TERMINATED", {"lr": 0.2}))  # stopped by the scheduler
     recorder.add_result("c", {"epoch": 1, "epochs": 2, "loss": 0.7, "evaluated": True, **metrics,
                               "per_category": {"x": metrics}})
+    recorder.add_result("c", {"stopped": True, "epoch": 1, "epochs": 2})  # ended early by ASHA
+    recorder.observe(TrialSnapshot("c", "TERMINATED", {"lr": 0.2}))
     recorder.observe(TrialSnapshot("d", "PENDING", {"lr": 0.3}))
+    recorder.add_result("e", {"epoch": 1, "epochs": 2, "loss": 0.9, "evaluated": False})
+    recorder.observe(TrialSnapshot("e", "TERMINATED", {"lr": 0.4}))  # cut off by Ctrl-C: resumable
     recorder.write()
     assert recorder.best().trial_id == "a"
     trials = pd.read_csv(tmp_path / "trials.csv", dtype={"trial_id": str, "error": str})
     assert list(trials.columns) == ["trial_id", "status", "lr", "seed", *results.TRIAL_RESULT_COLUMNS]
     assert dict(zip(trials.trial_id, trials.status, strict=True)) == {
-        "a": "completed", "b": "failed", "c": "stopped", "d": "pending"}
+        "a": "completed", "b": "failed", "c": "stopped", "d": "pending", "e": "pending"}
     assert "nan" in trials.set_index("trial_id").loc["b", "error"]
     assert trials.set_index("trial_id").loc["a", "epochs_done"] == 2
     history = pd.read_csv(tmp_path / "history.csv", dtype={"trial_id": str})
-    assert len(history) == 3 and math.isnan(history.iloc[0]["image_auroc"])
+    assert len(history) == 4 and math.isnan(history.iloc[0]["image_auroc"])
     assert len(pd.read_csv(tmp_path / "per_category.csv")) == 3
 
     again = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
@@ -156,8 +159,19 @@ def test_recorder_statuses_tables_and_reload(tmp_path: Path) -> None:
     again.load_existing()
     assert again.best().trial_id == "a"
     assert {r.trial_id: r.status for r in again.trials.values()} == {
-        "a": "completed", "b": "failed", "c": "stopped", "d": "pending"}
+        "a": "completed", "b": "failed", "c": "stopped", "d": "pending", "e": "pending"}
     assert again.trials["a"].history[2]["loss"] == pytest.approx(0.5)
+
+
+def test_report_problems_never_break_the_study(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from study.driver import ReportRefresher, write_report_safely
+
+    assert write_report_safely(tmp_path / "not-a-study", False) is True  # warned once, no exception
+    assert "warning" in capsys.readouterr().err
+    refresher = ReportRefresher(tmp_path / "not-a-study")
+    refresher.request()
+    refresher.close()
+    assert not (tmp_path / "not-a-study" / "report.html").exists()
 
 
 # ------------------------------------------------------------------------------------- with Ray ---
