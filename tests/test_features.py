@@ -80,3 +80,14 @@ def test_a_crash_leaves_no_complete_entry(backbone, tiny_data: Path, tmp_path: P
     assert not any((p / MANIFEST).exists() for p in tmp_path.iterdir() if p.is_dir())
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # staging folder removed
     assert len(_load(backbone, samples, tmp_path)) == len(samples)
+
+
+def test_atomic_writes_leave_ordinary_permissions(tmp_path: Path):
+    from maae.io import write_text_atomic
+
+    target = tmp_path / "shared.csv"
+    write_text_atomic(target, "a,b\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
