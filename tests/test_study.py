@@ -245,7 +245,9 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(
 
 def test_killed_study_resumes_without_rerunning_finished_trials(
         tmp_path: Path, tiny_data: Path, ray_session: str, caches: dict[str, str]) -> None:
-    space = space_file(tmp_path, "resume", grid={"noise_intensity": [0.5, 1.0, 2.0]}, eval_every=1,
+    # Four one-at-a-time trials: after the first completes, three are left, so the kill lands mid-study
+    # however fast this machine is.
+    space = space_file(tmp_path, "resume", grid={"noise_intensity": [0.25, 0.5, 1.0, 2.0]}, eval_every=1,
                        fixed={"epochs": 2})
     args = study_args(space, tiny_data, tmp_path / "results", "--address", ray_session, "--max-concurrent", "1")
     folder = tmp_path / "results" / "resume"
@@ -255,7 +257,7 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
         deadline = time.monotonic() + KILL_WAIT_S
         finished: pd.DataFrame = pd.DataFrame()
         while time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(1.0)
+            time.sleep(0.25)
             if (folder / "history.csv").is_file() and (folder / "trials.csv").is_file():
                 trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
                 history = pd.read_csv(folder / "history.csv", dtype={"trial_id": str})
@@ -279,7 +281,7 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
     assert code == 0
     study, trials, _, history = read_tables(folder)
     assert study["status"] == "finished"
-    assert len(trials) == 3 and set(trials.status) == {"completed"}
+    assert len(trials) == 4 and set(trials.status) == {"completed"}
     trials = trials.set_index("trial_id")
     for tid in finished.trial_id:
         for name in METRIC_NAMES:
