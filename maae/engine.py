@@ -158,9 +158,7 @@ def prepare_data(
     chosen = resolve_categories(root, categories)
     backbone = build_backbone(config.backbone, config.backbone_weights).to(device)
     fingerprint = backbone_fingerprint(config.backbone, config.backbone_weights)
-    use_cache = cache_dir if cache_dir is not None else (default_cache_dir() if config.feature_cache else None)
-    if not config.feature_cache:
-        use_cache = None
+    use_cache = (cache_dir if cache_dir is not None else default_cache_dir()) if config.feature_cache else None
     per_category: dict[str, CategoryData] = {}
     for category in chosen:
         common = dict(image_size=config.image_size, backbone_fingerprint=fingerprint, cache_dir=use_cache,
