@@ -230,9 +230,13 @@ class CommandResult:
 
 
 def run_command(command: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float | None = None,
-                cwd: Path = REPO_ROOT) -> CommandResult:
-    """Run ``command`` to completion (wall time includes interpreter start-up); never raises on failure."""
-    full_env = {**os.environ, **(env or {})}
+                cwd: Path = REPO_ROOT, unset: Sequence[str] = ()) -> CommandResult:
+    """Run ``command`` to completion (wall time includes interpreter start-up); never raises on failure.
+
+    ``env`` is added to this process's environment, after removing the variables named in ``unset``.
+    """
+    full_env = {key: value for key, value in os.environ.items() if key not in unset}
+    full_env.update(env or {})
     python_path = [str(REPO_ROOT), *[p for p in full_env.get("PYTHONPATH", "").split(os.pathsep) if p]]
     full_env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(python_path))
     started = time.perf_counter()

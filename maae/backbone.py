@@ -30,7 +30,6 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-import timm
 import torch
 from torch import nn
 
@@ -120,7 +119,7 @@ def build_backbone(name: str, weights: str = WEIGHTS_AUTO) -> FrozenBackbone:
     """
     classifier = _load_classifier(name, weights)
     try:
-        features = timm.create_model(name, pretrained=False, features_only=True, out_indices=FEATURE_STAGES)
+        features = _timm().create_model(name, pretrained=False, features_only=True, out_indices=FEATURE_STAGES)
     except Exception as error:  # timm raises assorted types for models without these feature stages
         raise BackboneError(
             f"backbone '{name}': timm cannot build a features_only model with out_indices={FEATURE_STAGES} "
@@ -147,12 +146,13 @@ def backbone_fingerprint(name: str, weights: str) -> str:
 
     Part of the feature-cache key: it changes when the weights change. Files (the bundled one or a local
     checkpoint) are identified by the SHA-256 of their content; hub weights by the hub
-    repository timm resolves the name to (they are not downloaded for this).
+    repository timm resolves the name to (they are not downloaded for this). Weights from a file need no
+    timm here: a wrong model name with them fails when the backbone is built, with the same message.
     """
-    _check_model_name(name)
     source = _resolve_source(name, weights)
     if source == WEIGHTS_HUB:
-        config = timm.models.get_pretrained_cfg(name)
+        _check_model_name(name)
+        config = _timm().models.get_pretrained_cfg(name)
         hub_id = getattr(config, "hf_hub_id", None) or name
         return f"hub:{name}:{hub_id}"
     path = _bundled_weights_path() if source == WEIGHTS_BUNDLED else Path(weights)
@@ -190,7 +190,7 @@ def _load_classifier(name: str, weights: str) -> nn.Module:
     source = _resolve_source(name, weights)
     if source == WEIGHTS_HUB:
         return _hub_classifier(name)
-    classifier = timm.create_model(name, pretrained=False)
+    classifier = _timm().create_model(name, pretrained=False)
     state_dict = (
         _bundled_state_dict(classifier) if source == WEIGHTS_BUNDLED else _read_checkpoint(Path(weights))
     )
@@ -198,8 +198,17 @@ def _load_classifier(name: str, weights: str) -> nn.Module:
     return classifier
 
 
+def _timm():  # noqa: ANN202 - the timm module
+    """timm, imported on first use: runs whose features are all cached never build a backbone, and importing
+    timm costs about 1.7 s of every process start (each Ray Train worker, each ``python -m maae`` call)."""
+    import timm
+
+    return timm
+
+
 def _check_model_name(name: str) -> None:
     """Raise :class:`BackboneError` with close matches if timm has no model ``name``."""
+    timm = _timm()
     if timm.is_model(name):
         return
     architecture = name.split(".")[0]
@@ -337,13 +346,13 @@ def _features_state_dict(name: str, classifier: nn.Module, features: nn.Module) 
 def _hub_classifier(name: str) -> nn.Module:
     """The classifier with timm's pretrained hub weights, or a one-line :class:`BackboneError`."""
     try:
-        config = timm.models.get_pretrained_cfg(name)
+        config = _timm().models.get_pretrained_cfg(name)
         hub_id = getattr(config, "hf_hub_id", None)
         if not hub_id:
             return _url_classifier(name, getattr(config, "url", None))
         path = _hub_download(hub_id, config.hf_hub_filename)
         # timm loads the file itself so that the model's own checkpoint filter and strict loading apply.
-        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path, "source": None})
+        return _timm().create_model(name, pretrained=True, pretrained_cfg_overlay={"file": path, "source": None})
     except Exception as error:  # hub client, file system and loading errors all mean the same to the user
         raise BackboneError(
             f"backbone '{name}': the hub weights could not be had ({_reason(error)}); offline alternatives: "
@@ -397,7 +406,7 @@ def _url_classifier(name: str, url: str | None) -> nn.Module:
         if not _reachable(url):
             raise RuntimeError(f"the weights are only at {url}, which is unreachable")
     # Without a URL, timm itself reports that the model has no pretrained weights.
-    return timm.create_model(name, pretrained=True)
+    return _timm().create_model(name, pretrained=True)
 
 
 def _hub_cache_dir() -> str | None:

@@ -91,6 +91,15 @@ class MAAEConfig:
         return tuple(f.name for f in fields(cls))
 
     @classmethod
+    def coerce_field(cls, name: str, value: Any, *, source: str = "config") -> Any:
+        """``value`` converted to field ``name``'s type by the rules of :meth:`from_dict`, without checking
+        the value against the other fields (a search space checks each value before any config exists)."""
+        known = {f.name: f for f in fields(cls)}
+        if name not in known:
+            raise ConfigError(f"{source}: unknown field {name!r}; expected one of: {', '.join(sorted(known))}")
+        return _coerce(name, value, known[name].type, source)
+
+    @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> MAAEConfig:
         """Build a config from plain values, coercing each to its field's type.
 

@@ -86,8 +86,10 @@ def train_step(
     optimizers.zero_grad()
     output = model(stages)
     loss = reconstruction_loss(output.reconstruction, output.target)
-    if not torch.isfinite(loss):
-        raise NonFiniteLossError(f"reconstruction loss is {loss.item()} (lr={config.lr}, "
+    locally_finite, everywhere_finite = _finite_on_all_ranks(loss)
+    if not everywhere_finite:
+        where = f"is {loss.item()}" if not locally_finite else "is not finite on another rank"
+        raise NonFiniteLossError(f"reconstruction loss {where} (lr={config.lr}, "
                                  f"noise_intensity={config.noise_intensity})")
     loss.backward()
     ang = core.adaptive_noise
@@ -103,6 +105,26 @@ def train_step(
     if ang is not None:
         metrics["noise_penalty"] = float(ang.regulariser().detach())
     return metrics
+
+
+def distributed_world_size() -> int:
+    """The number of ranks of the initialised process group, or 1 without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def _finite_on_all_ranks(loss: torch.Tensor) -> tuple[bool, bool]:
+    """(this rank's loss is finite, every rank's is).
+
+    Under DDP a rank that stopped on a NaN would leave the others blocked in the gradient all-reduce until
+    the process-group timeout; agreeing first lets every rank raise at the same step.
+    """
+    finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
+    local = bool(finite.item())
+    if distributed_world_size() > 1:
+        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    return local, bool(finite.item())
 
 
 def seed_everything(seed: int) -> None:
@@ -137,6 +159,24 @@ class CategoryData:
         return np.array([s.label for s in self.test.samples], dtype=np.int64)
 
 
+class LazyBackbone:
+    """The frozen backbone, built on first use: when every feature comes from the cache (every epoch of a
+    cached run, every trial of a study after the first), no backbone is ever built."""
+
+    def __init__(self, name: str, weights: str, device: torch.device) -> None:
+        self.name, self.weights, self.device = name, weights, device
+        self._backbone: FrozenBackbone | None = None
+
+    @property
+    def built(self) -> bool:
+        return self._backbone is not None
+
+    def __call__(self) -> FrozenBackbone:
+        if self._backbone is None:
+            self._backbone = build_backbone(self.name, self.weights).to(self.device)
+        return self._backbone
+
+
 @dataclass
 class PreparedData:
     """Everything a training session reads: per-category features and the backbone that made them."""
@@ -145,18 +185,24 @@ class PreparedData:
     categories: list[str]
     stage_channels: tuple[int, ...]
     per_category: dict[str, CategoryData]
-    backbone: FrozenBackbone
+    backbone_source: LazyBackbone
     backbone_fingerprint: str
+
+    @property
+    def backbone(self) -> FrozenBackbone:
+        """The frozen backbone (built now if no feature needed it yet)."""
+        return self.backbone_source()
 
 
 def prepare_data(
     config: MAAEConfig, root: Path, categories: Sequence[str] | None, *, device: torch.device,
     cache_dir: Path | None = None, progress: ProgressFn | None = None, need_train: bool = True,
 ) -> PreparedData:
-    """Resolve categories, build the frozen backbone and load (or compute and cache) the features."""
+    """Resolve categories and load (or compute and cache) the features; the backbone is built only if a
+    feature must be computed."""
     root = Path(root)
     chosen = resolve_categories(root, categories)
-    backbone = build_backbone(config.backbone, config.backbone_weights).to(device)
+    backbone = LazyBackbone(config.backbone, config.backbone_weights, device)
     fingerprint = backbone_fingerprint(config.backbone, config.backbone_weights)
     use_cache = (cache_dir if cache_dir is not None else default_cache_dir()) if config.feature_cache else None
     per_category: dict[str, CategoryData] = {}
@@ -170,7 +216,8 @@ def prepare_data(
         if need_train and config.feature_cache:
             train = load_or_compute(backbone, train_samples, label=f"{category}/train", **common)
         per_category[category] = CategoryData(category, train_samples, test, train)
-    return PreparedData(root, chosen, tuple(backbone.channels), per_category, backbone, fingerprint)
+    stage_channels = per_category[chosen[0]].test.channels
+    return PreparedData(root, chosen, stage_channels, per_category, backbone, fingerprint)
 
 
 class _CachedStages(Dataset):
@@ -254,8 +301,10 @@ class TrainingSession:
             dataset = _LiveImages(samples, config.image_size, self.data.categories)
         if len(dataset) == 0:
             raise ValueError(f"no training images for categories {list(categories)}")
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            sampler = DistributedSampler(dataset, shuffle=True, seed=config.seed)
+        # One rank (plain Python, or a one-worker Ray trial, where Train still initialises a process group)
+        # shuffles exactly as `python -m maae train` does, so both give the same run.
+        if distributed_world_size() > 1:
+            sampler: DistributedSampler | RandomSampler = DistributedSampler(dataset, shuffle=True, seed=config.seed)
         else:
             generator = torch.Generator().manual_seed(config.seed)
             sampler = RandomSampler(dataset, generator=generator)
@@ -308,13 +357,37 @@ class TrainingSession:
             "epoch": self.epoch,
             "models": {key: self.core_model(key).state_dict() for key in self.models},
             "optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
+            "random_state": self._random_state(),
         }
+
+    def _random_state(self) -> dict:
+        """The generators a resumed run must continue from to repeat an uninterrupted one: torch's (the
+        noise of ANG and of feature jitter) and each loader's shuffling generator."""
+        state: dict = {"torch": torch.get_rng_state(), "loaders": {}}
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        for key, loader in self.loaders.items():
+            generator = getattr(loader.sampler, "generator", None)
+            if generator is not None:
+                state["loaders"][key] = generator.get_state()
+        return state
+
+    def _restore_random_state(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        if "cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda"], self.device)
+        for key, generator_state in state.get("loaders", {}).items():
+            generator = getattr(self.loaders[key].sampler, "generator", None)
+            if generator is not None:
+                generator.set_state(generator_state)
 
     def load_state_dict(self, state: dict) -> None:
         for key, model_state in state["models"].items():
             self.core_model(key).load_state_dict(model_state)
         for key, opt_state in state.get("optimizers", {}).items():
             self.optimizers[key].load_state_dict(opt_state)
+        if "random_state" in state:  # absent from checkpoints written before it was saved
+            self._restore_random_state(state["random_state"])
         self.epoch = int(state["epoch"])
 
 

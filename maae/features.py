@@ -88,14 +88,17 @@ def compute_features(
 
 
 def load_or_compute(
-    backbone: FrozenBackbone, samples: Sequence[Sample], image_size: int, *,
+    backbone: FrozenBackbone | Callable[[], FrozenBackbone], samples: Sequence[Sample], image_size: int, *,
     backbone_fingerprint: str, cache_dir: Path | None, batch_size: int, device: torch.device,
     progress: ProgressFn | None = None, label: str = "",
 ) -> StageFeatures:
-    """Features for ``samples``: from the cache when present, else computed (and cached if ``cache_dir``)."""
+    """Features for ``samples``: from the cache when present, else computed (and cached if ``cache_dir``).
+
+    ``backbone`` may be a function that builds it: it is then called only when features must be computed.
+    """
     samples = list(samples)
     if cache_dir is None:
-        stages = compute_features(backbone, samples, image_size, batch_size=batch_size, device=device)
+        stages = compute_features(_resolve(backbone), samples, image_size, batch_size=batch_size, device=device)
         return StageFeatures(samples, [stage.astype(CACHE_DTYPE) for stage in stages])
     entry = Path(cache_dir) / cache_key(samples, backbone_fingerprint, image_size)
     if not _complete(entry):
@@ -103,12 +106,17 @@ def load_or_compute(
         with _file_lock(entry.with_suffix(".lock")):
             if not _complete(entry):  # another process may have finished it while we waited
                 started = time.perf_counter()
-                stages = compute_features(backbone, samples, image_size, batch_size=batch_size, device=device)
+                stages = compute_features(_resolve(backbone), samples, image_size, batch_size=batch_size,
+                                          device=device)
                 _publish(entry, samples, stages, image_size, backbone_fingerprint)
                 if progress:
                     progress(f"features {label}: {len(samples)} images in "
                              f"{time.perf_counter() - started:.1f}s -> {entry}")
     return _open(entry, samples)
+
+
+def _resolve(backbone: FrozenBackbone | Callable[[], FrozenBackbone]) -> FrozenBackbone:
+    return backbone if isinstance(backbone, FrozenBackbone) else backbone()
 
 
 def _complete(entry: Path) -> bool:

@@ -54,7 +54,7 @@ TRAIN_RUNS = "train"
 REPORT_INTERVAL_S = 60.0
 # Tune would reuse a trial driver's process for the next trial, but a function trainable cannot be reset:
 # after ASHA stops a trial, the reuse fails and the stopped trial's Train run keeps its CPUs (a hang).
-REUSE_TRIAL_ACTORS = False
+REUSE_TRIAL_ACTORS = True
 PROGRESS_PREFIX = "[study]"
 
 
@@ -127,6 +127,7 @@ class StudyCallback(tune.Callback):
         self.settings = settings
         self._recorder: res.StudyRecorder | None = None
         self._best_copied: str | None = None
+        self._ending = False
         self._reports: ReportRefresher | None = None
 
     def __getstate__(self) -> dict[str, Any]:
@@ -170,6 +171,7 @@ class StudyCallback(tune.Callback):
         self._progress(trial.trial_id, None)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._ending = True
         self._refresh(trials)
         if self._reports is not None:
             self._reports.close()  # the study's end writes the final report itself
@@ -197,7 +199,9 @@ class StudyCallback(tune.Callback):
             res.copy_run_folder(best.checkpoint_path, Path(self.settings.results_dir) / res.BEST_DIR)
             self._best_copied = best.trial_id
         except OSError as err:
-            _say(f"could not copy the best trial's run folder ({err}); will retry", self.settings.quiet)
+            # Mid-study this is usually a checkpoint Train is rotating; the next event retries it.
+            if self._ending:
+                _say(f"could not copy the best trial's run folder ({err})", self.settings.quiet)
 
     def _progress(self, trial_id: str, result: dict | None) -> None:
         if self.settings.quiet:

@@ -293,9 +293,8 @@ def _coerce_value(name: str, value: Any, where: str) -> Any:
 
 
 def _coerce_type_only(name: str, value: Any, where: str) -> Any:
-    from maae.config import _coerce  # the same coercion MAAEConfig.from_dict applies
-
-    return _coerce(name, value, _field_type(name, where), where)
+    _field_type(name, where)
+    return MAAEConfig.coerce_field(name, value, source=where)
 
 
 def _parse_fixed(block: Any, src: str) -> dict[str, Any]:

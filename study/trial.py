@@ -22,7 +22,7 @@ CONTROLLER_FAILURE_LIMIT = 2
 # Restarts of a trial's worker group after a worker process died.
 DEFAULT_WORKER_RETRIES = 2
 # How long a finished Train run waits for its placement-group cleaner to stop (Ray's default: 12 s).
-CLEANER_STOP_TIMEOUT_S = 2.0
+CLEANER_STOP_TIMEOUT_S = 0.2
 
 
 @dataclass(frozen=True)
