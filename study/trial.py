@@ -42,23 +42,31 @@ class TrialSettings:
 
 
 def _trainer_class() -> type:
-    """``TorchTrainer`` that waits less for Train's placement-group cleaner when a run ends.
+    """``TorchTrainer`` without the per-run costs a study's trials do not need.
 
-    At the end of every run, Train's controller asks its placement-group cleaner to stop and waits up to
-    12 s for it; on a busy small machine the cleaner's state-API poll often makes it wait all of that, per
-    trial. The cleaner's stop flag is set before that wait, so waiting less changes nothing but the time
-    (the controller removes the workers' placement group itself, before this). If a future Ray renames
-    the private attribute, the trainer simply keeps Ray's default.
+    - At the end of every run, Train's controller asks its placement-group cleaner to stop and waits up to
+      12 s for it; on a busy small machine the cleaner's state-API poll often makes it wait all of that, per
+      trial. The cleaner's stop flag is set before that wait, so waiting less changes nothing but the time
+      (the controller removes the workers' placement group itself, before this).
+    - Train's datasets callback starts a Ray Data manager actor for every run and sends Ray Data's context to
+      every worker, which makes each worker import Ray Data; MAAE's workers read their own data, so without
+      ``datasets`` the callback is left out.
+
+    If a future Ray renames these private pieces, the trainer simply keeps Ray's defaults.
     """
     from ray.train.torch import TorchTrainer
 
     class StudyTorchTrainer(TorchTrainer):
         def _create_default_callbacks(self) -> list:
-            callbacks = super()._create_default_callbacks()
-            for callback in callbacks:
-                if type(callback).__name__ == "PlacementGroupCleanerCallback" and hasattr(callback, "_stop_timeout"):
+            kept = []
+            for callback in super()._create_default_callbacks():
+                name = type(callback).__name__
+                if name == "DatasetsCallback" and not getattr(self, "datasets", None):
+                    continue
+                if name == "PlacementGroupCleanerCallback" and hasattr(callback, "_stop_timeout"):
                     callback._stop_timeout = CLEANER_STOP_TIMEOUT_S
-            return callbacks
+                kept.append(callback)
+            return kept
 
     return StudyTorchTrainer
 
