@@ -2,7 +2,8 @@
 
 It is MAAE's own training, unchanged: :class:`maae.engine.TrainingSession` calls ``maae.engine.train_step``,
 with each model wrapped by ``ray.train.torch.prepare_model`` (DDP when the trial has several workers, gloo on
-CPU and NCCL on GPU; the session then shards the data with a DistributedSampler).
+CPU and NCCL on GPU; with several workers the session shards the data with a DistributedSampler, with one it
+shuffles exactly as ``python -m maae train`` does).
 
 Every epoch all ranks call ``ray.train.report`` once (Ray Train requires equal counts); rank 0 adds the
 metrics, and a checkpoint that is a MAAE run folder. Every ``eval_every`` epochs (0: never before the end)
