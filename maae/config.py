@@ -18,6 +18,7 @@ from maae.errors import ConfigError
 ATTENTION_KINDS = ("mixed", "spatial")
 NOISE_KINDS = ("ang", "jitter", "none")
 PARADIGMS = ("unified", "separate")
+LR_SCHEDULES = ("constant", "cosine")
 PRESETS = ("quick", "paper")
 
 
@@ -58,6 +59,9 @@ class MAAEConfig:
     epochs: int = 200
     batch_size: int = 64
     lr: float = 1e-4
+    # "constant" (the paper names no schedule), or "cosine": both optimisers' learning rates follow a half
+    # cosine from lr down to 0 over `epochs`, stepped after every epoch.
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     paradigm: str = "unified"
@@ -246,6 +250,7 @@ def _validate(cfg: MAAEConfig) -> None:
     _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
     _check(cfg.batch_size >= 1, "batch_size", "an integer >= 1", cfg.batch_size)
     _check(cfg.lr > 0, "lr", "a number > 0", cfg.lr)
+    _check(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", cfg.lr_schedule)
     _check(cfg.weight_decay >= 0, "weight_decay", "a number >= 0", cfg.weight_decay)
     _check(cfg.grad_clip >= 0, "grad_clip", "a number >= 0 (0 turns clipping off)", cfg.grad_clip)
     _check(cfg.paradigm in PARADIGMS, "paradigm", f"one of {PARADIGMS}", cfg.paradigm)
@@ -256,6 +261,7 @@ def _validate(cfg: MAAEConfig) -> None:
 
 __all__ = [
     "ATTENTION_KINDS",
+    "LR_SCHEDULES",
     "MAAEConfig",
     "NOISE_KINDS",
     "PARADIGMS",

@@ -37,24 +37,34 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class Optimizers:
-    """Adam for the auto encoder (and FFM), and a separate Adam for ANG's W (the adversary)."""
+    """Adam for the auto encoder (and FFM), a separate Adam for ANG's W (the adversary), and the learning-rate
+    schedules of both (``lr_schedule``; none when it is constant)."""
 
     model: torch.optim.Optimizer
     noise: torch.optim.Optimizer | None = None
+    schedules: list[torch.optim.lr_scheduler.LRScheduler] = field(default_factory=list)
 
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
         if self.noise is not None:
             self.noise.zero_grad(set_to_none=True)
 
+    def end_epoch(self) -> None:
+        """Advance the learning-rate schedules by one epoch."""
+        for schedule in self.schedules:
+            schedule.step()
+
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(),
-                "noise": self.noise.state_dict() if self.noise is not None else None}
+                "noise": self.noise.state_dict() if self.noise is not None else None,
+                "schedules": [schedule.state_dict() for schedule in self.schedules]}
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         if self.noise is not None and state.get("noise") is not None:
             self.noise.load_state_dict(state["noise"])
+        for schedule, schedule_state in zip(self.schedules, state.get("schedules", []), strict=False):
+            schedule.load_state_dict(schedule_state)
 
 
 def unwrap(model: nn.Module) -> MAAEModel:
@@ -69,7 +79,11 @@ def build_optimizers(model: nn.Module, config: MAAEConfig) -> Optimizers:
     model_params = [p for p in core.parameters() if id(p) not in noise_params and p.requires_grad]
     model_opt = torch.optim.Adam(model_params, lr=config.lr, weight_decay=config.weight_decay)
     noise_opt = torch.optim.Adam(ang.parameters(), lr=config.lr) if ang is not None else None
-    return Optimizers(model=model_opt, noise=noise_opt)
+    schedules: list[torch.optim.lr_scheduler.LRScheduler] = []
+    if config.lr_schedule == "cosine":
+        schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
+                     for opt in (model_opt, noise_opt) if opt is not None]
+    return Optimizers(model=model_opt, noise=noise_opt, schedules=schedules)
 
 
 def train_step(
@@ -333,6 +347,7 @@ class TrainingSession:
                 if "noise_penalty" in metrics:
                     noise_penalties.append(metrics["noise_penalty"])
                 images += stages[0].shape[0]
+            self.optimizers[key].end_epoch()
         self.epoch += 1
         return EpochStats(
             epoch=self.epoch, loss=float(np.mean(losses)), images=images,

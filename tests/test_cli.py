@@ -129,6 +129,7 @@ def test_build_config_layers_preset_paradigm_and_overrides():
     (["--set", "nosuch=1"], "unknown field 'nosuch'"),
     (["--set", "depth=0"], "'depth'"),
     (["--set", "attention=cross"], "'attention'"),
+    (["--set", "lr_schedule=linear"], "'lr_schedule' expects one of ('constant', 'cosine')"),
     (["--set", "lr=fast"], "'lr' expects float"),
     (["--set", "depth"], "expected key=value"),
     (["--data", "/nonexistent/maae"], "/nonexistent/maae"),

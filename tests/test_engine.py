@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 
@@ -34,16 +35,19 @@ def _weights(session: TrainingSession) -> dict[str, torch.Tensor]:
     return {name: tensor.clone() for name, tensor in session.core_model(UNIFIED_KEY).state_dict().items()}
 
 
-def test_resumed_session_repeats_the_uninterrupted_run(tiny_data: Path, tiny_overrides: list[str], tmp_path: Path):
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_resumed_session_repeats_the_uninterrupted_run(tiny_data: Path, tiny_overrides: list[str], tmp_path: Path,
+                                                       lr_schedule: str):
     """A run stopped after epoch 1 and resumed from its checkpoint ends with the same weights as one that
-    never stopped: shuffling order and the noise generators continue where they were."""
-    config = tiny_run_config(tiny_overrides, epochs=2)
+    never stopped: shuffling order, the noise generators and the learning-rate schedule continue where they
+    were."""
+    config = tiny_run_config(tiny_overrides, epochs=3, lr_schedule=lr_schedule)
     device = default_device()
     data = prepare_data(config, tiny_data, CATEGORIES, device=device)
 
     straight = TrainingSession(config, data, device=device)
-    straight.train_epoch()
-    straight.train_epoch()
+    for _ in range(3):
+        straight.train_epoch()
 
     first = TrainingSession(config, data, device=device)
     first.train_epoch()
@@ -52,11 +56,28 @@ def test_resumed_session_repeats_the_uninterrupted_run(tiny_data: Path, tiny_ove
     resumed = TrainingSession(config, data, device=device)
     resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     resumed.train_epoch()
+    resumed.train_epoch()
 
     expected, got = _weights(straight), _weights(resumed)
     assert expected.keys() == got.keys()
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+def test_cosine_schedule_decays_both_learning_rates_to_zero(tiny_data: Path, tiny_overrides: list[str]):
+    config = tiny_run_config(tiny_overrides, epochs=4, lr_schedule="cosine", lr=1e-3)
+    device = default_device()
+    session = TrainingSession(config, prepare_data(config, tiny_data, CATEGORIES, device=device), device=device)
+    optimizers = session.optimizers[UNIFIED_KEY]
+    for epoch in range(1, config.epochs + 1):
+        session.train_epoch()
+        expected = config.lr * (1 + math.cos(math.pi * epoch / config.epochs)) / 2
+        for optimizer in (optimizers.model, optimizers.noise):
+            assert optimizer.param_groups[0]["lr"] == pytest.approx(expected, abs=1e-12)
+    # The default keeps the paper's constant rate.
+    constant = TrainingSession(config.replace(lr_schedule="constant"), session.data, device=device)
+    constant.train_epoch()
+    assert constant.optimizers[UNIFIED_KEY].model.param_groups[0]["lr"] == config.lr
 
 
 def test_prepare_data_builds_no_backbone_when_every_feature_is_cached(tiny_data: Path, tiny_overrides: list[str]):
