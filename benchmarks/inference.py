@@ -20,6 +20,7 @@ Run as ``python -m benchmarks.inference --child SPEC.json`` it is the child proc
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -182,6 +183,9 @@ def _predict_run(spec: dict[str, Any]) -> dict[str, Any]:
     from maae.predict import predict
 
     loaded = load_run(Path(spec["checkpoint"]))
+    # maae imports timm only when a backbone is built: import it here, so that the peak below is predict's
+    # working memory and not the size of a module import.
+    importlib.import_module("timm")
     images = [Path(p) for p in spec["images"]]
     out = Path(spec["out"])
     reset = _reset_peak_rss()
