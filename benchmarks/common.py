@@ -104,6 +104,17 @@ class Outcome:
 
 # ------------------------------------------------------------------------------------------- timing ---
 
+def finite(value: Any) -> Any:
+    """The value with every NaN or infinity replaced by None (so the file is strict JSON)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(key): finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite(item) for item in value]
+    return value
+
+
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values)) if values else math.nan
 

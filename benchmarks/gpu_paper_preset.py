@@ -34,7 +34,6 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -266,16 +265,6 @@ def _summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.steps < 1 or args.batch_size < 1:
@@ -316,7 +305,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 traceback.print_exc()
                 results["ray_train"] = {"error": f"{type(err).__name__}: {err}", "passed": False}
                 failed = True
-    write_json_atomic(out, _finite(results))
+    from benchmarks.common import finite
+
+    write_json_atomic(out, finite(results))
     print(_summary(results))
     print(f"written: {out}")
     return EXIT_FAILED if failed else 0

@@ -25,7 +25,6 @@ if __package__ in (None, ""):  # run as a script: import from the repository roo
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import json  # noqa: E402
-import math  # noqa: E402
 import os  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -45,6 +44,7 @@ from benchmarks.common import (  # noqa: E402
     Check,
     Outcome,
     Settings,
+    finite,
     load_average,
 )
 from maae.io import write_json_atomic  # noqa: E402
@@ -118,17 +118,6 @@ def run_one(name: str, settings: Settings) -> tuple[Outcome | None, dict[str, An
     seconds = time.perf_counter() - started
     say(f"{name} done in {seconds:.0f}s")
     return outcome, {"seconds": seconds, "headline": outcome.headline, "details": outcome.details}
-
-
-def finite(value: Any) -> Any:
-    """The value with every NaN or infinity replaced by None (so the file is strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(key): finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    return value
 
 
 def merged(previous: dict[str, Any], current: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
