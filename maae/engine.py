@@ -136,8 +136,9 @@ def _finite_on_all_ranks(loss: torch.Tensor) -> tuple[bool, bool]:
     """
     finite = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
     local = bool(finite.item())
-    if distributed_world_size() > 1:
-        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+    if distributed_world_size() == 1:
+        return local, local
+    torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
     return local, bool(finite.item())
 
 
@@ -375,26 +376,28 @@ class TrainingSession:
             "random_state": self._random_state(),
         }
 
+    def _shuffle_generators(self) -> dict[str, torch.Generator]:
+        """Each loader's shuffling generator (a DistributedSampler has none: it reshuffles from the epoch)."""
+        generators = {key: getattr(loader.sampler, "generator", None) for key, loader in self.loaders.items()}
+        return {key: generator for key, generator in generators.items() if generator is not None}
+
     def _random_state(self) -> dict:
         """The generators a resumed run must continue from to repeat an uninterrupted one: torch's (the
         noise of ANG and of feature jitter) and each loader's shuffling generator."""
-        state: dict = {"torch": torch.get_rng_state(), "loaders": {}}
+        state: dict = {"torch": torch.get_rng_state(),
+                       "loaders": {key: g.get_state() for key, g in self._shuffle_generators().items()}}
         if self.device.type == "cuda":
             state["cuda"] = torch.cuda.get_rng_state(self.device)
-        for key, loader in self.loaders.items():
-            generator = getattr(loader.sampler, "generator", None)
-            if generator is not None:
-                state["loaders"][key] = generator.get_state()
         return state
 
     def _restore_random_state(self, state: dict) -> None:
         torch.set_rng_state(state["torch"])
         if "cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda"], self.device)
+        generators = self._shuffle_generators()
         for key, generator_state in state.get("loaders", {}).items():
-            generator = getattr(self.loaders[key].sampler, "generator", None)
-            if generator is not None:
-                generator.set_state(generator_state)
+            if key in generators:
+                generators[key].set_state(generator_state)
 
     def load_state_dict(self, state: dict) -> None:
         for key, model_state in state["models"].items():
