@@ -58,9 +58,8 @@ def _component_seconds(live: TrainingSession) -> dict[str, float]:
         batches = list(loader)
         decode += time.perf_counter() - started
         started = time.perf_counter()
-        with torch.no_grad():
-            for images in batches:
-                live.data.backbone(images.to(live.device))
+        for images in batches:  # the frozen backbone runs without autograd by itself
+            live.data.backbone(images.to(live.device))
         backbone += time.perf_counter() - started
     return {"decode": decode, "backbone": backbone}
 
