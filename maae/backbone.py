@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from maae.config import TRUE_WORDS
 from maae.errors import BackboneError
 
 FEATURE_STAGES = (0, 1, 2, 3)  # timm out_indices: strides 2, 4, 8, 16 for EfficientNets
@@ -58,8 +59,6 @@ CLOSE_MATCH_CUTOFF = 0.5
 REASON_MAX_CHARS = 200
 # How many offending keys a checkpoint-mismatch message names.
 KEYS_SHOWN = 3
-
-_TRUE_ENV_VALUES = ("1", "true", "yes", "on")
 
 
 class FrozenBackbone(nn.Module):
@@ -436,7 +435,7 @@ def _reachable(endpoint: str) -> bool:
 
 def _env_flag(variable: str) -> bool:
     """Whether environment variable ``variable`` is set to a true value (1, true, yes, on)."""
-    return os.environ.get(variable, "").strip().lower() in _TRUE_ENV_VALUES
+    return os.environ.get(variable, "").strip().lower() in TRUE_WORDS
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -100,7 +100,9 @@ class MAAEConfig:
         the value against the other fields (a search space checks each value before any config exists)."""
         known = {f.name: f for f in fields(cls)}
         if name not in known:
-            raise ConfigError(f"{source}: unknown field {name!r}; expected one of: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"{source}: unknown field {name!r}; expected one of: {', '.join(sorted(known))}", field=name
+            )
         return _coerce(name, value, known[name].type, source)
 
     @classmethod
@@ -114,13 +116,13 @@ class MAAEConfig:
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(
-                    f"{source}: unknown field {key!r}; expected one of: {', '.join(sorted(known))}"
+                    f"{source}: unknown field {key!r}; expected one of: {', '.join(sorted(known))}", field=key
                 )
             coerced[key] = _coerce(key, value, known[key].type, source)
         try:
             return cls(**coerced)
         except ConfigError as err:
-            raise ConfigError(f"{source}: {err}") from None
+            raise ConfigError(f"{source}: {err}", field=err.field) from None
 
 
 def preset(name: str) -> MAAEConfig:
@@ -167,8 +169,10 @@ def parse_set_arguments(pairs: list[str]) -> dict[str, Any]:
     return values
 
 
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off"}
+# The words accepted for a boolean wherever a user writes one (``--set``, a space file, an environment
+# variable, a CSV read back); every reader in the project uses these two sets.
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
 
 def _coerce(name: str, value: Any, type_name: Any, source: str) -> Any:
@@ -177,8 +181,8 @@ def _coerce(name: str, value: Any, type_name: Any, source: str) -> Any:
         if type_name == "bool":
             if isinstance(value, bool):
                 return value
-            if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
-                return value.lower() in _TRUE
+            if isinstance(value, str) and value.lower() in TRUE_WORDS | FALSE_WORDS:
+                return value.lower() in TRUE_WORDS
             if isinstance(value, int) and value in (0, 1):
                 return bool(value)
             raise ValueError
@@ -199,13 +203,13 @@ def _coerce(name: str, value: Any, type_name: Any, source: str) -> Any:
                 raise ValueError
             return value
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: field {name!r} expects {type_name}, got {value!r}") from None
+        raise ConfigError(f"{source}: field {name!r} expects {type_name}, got {value!r}", field=name) from None
     return value
 
 
 def _check(condition: bool, name: str, expected: str, value: Any) -> None:
     if not condition:
-        raise ConfigError(f"field {name!r} expects {expected}, got {value!r}")
+        raise ConfigError(f"field {name!r} expects {expected}, got {value!r}", field=name)
 
 
 def _validate(cfg: MAAEConfig) -> None:
@@ -261,11 +265,13 @@ def _validate(cfg: MAAEConfig) -> None:
 
 __all__ = [
     "ATTENTION_KINDS",
+    "FALSE_WORDS",
     "LR_SCHEDULES",
     "MAAEConfig",
     "NOISE_KINDS",
     "PARADIGMS",
     "PRESETS",
+    "TRUE_WORDS",
     "parse_set_arguments",
     "preset",
 ]

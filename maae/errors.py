@@ -15,7 +15,15 @@ class MAAEError(Exception):
 
 
 class ConfigError(MAAEError, ValueError):
-    """An invalid configuration value; the message names the field."""
+    """An invalid configuration value; the message names the field.
+
+    ``field`` carries the offending field's name where there is one, so callers that re-word the error (a
+    search space naming its own file and key) never have to parse the message.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class DataError(MAAEError):

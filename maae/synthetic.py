@@ -43,7 +43,7 @@ from maae.errors import ConfigError, DataError
 
 EMBEDDED_VERSION = "v1"
 EMBEDDED_IMAGE_SIZE = 256
-CACHE_ENV = "MAAE_DATA_CACHE"
+DATA_CACHE_ENV = "MAAE_DATA_CACHE"
 METADATA_FILE = "embedded.json"
 MIN_IMAGE_SIZE = 64
 
@@ -740,7 +740,7 @@ def generate_dataset(out_dir: Path, seed: int = 0, *, train_per_category: int = 
 
 def embedded_cache_base() -> Path:
     """Where generated embedded sets are kept: ``$MAAE_DATA_CACHE`` or ``~/.cache/maae-study/data``."""
-    configured = os.environ.get(CACHE_ENV)
+    configured = os.environ.get(DATA_CACHE_ENV)
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "maae-study" / "data"
 
 
@@ -758,7 +758,7 @@ def embedded_data_root(seed: int = 0) -> Path:
         base.mkdir(parents=True, exist_ok=True)
         lock = open(base / f".{final.name}.lock", "a+")  # noqa: SIM115 - held across the generation below
     except OSError as error:
-        raise DataError(f"{base}: cannot write the embedded data cache ({error}); set {CACHE_ENV} "
+        raise DataError(f"{base}: cannot write the embedded data cache ({error}); set {DATA_CACHE_ENV} "
                         "to a writable folder") from error
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -49,7 +49,7 @@ def cached_default_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
     """The default-size set, made through the cache (about 10 s on 2 cores): (cache base, data root)."""
     base = tmp_path_factory.mktemp("cache")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(synthetic.CACHE_ENV, str(base))
+        patch.setenv(synthetic.DATA_CACHE_ENV, str(base))
         root = embedded_data_root(seed=0)
     return base, root
 
@@ -207,7 +207,7 @@ def test_embedded_root_is_cached_and_reused(cached_default_set: tuple[Path, Path
     def must_not_run(*args: object, **kwargs: object) -> list[str]:
         raise AssertionError("the cached set was generated again")
 
-    monkeypatch.setenv(synthetic.CACHE_ENV, str(base))
+    monkeypatch.setenv(synthetic.DATA_CACHE_ENV, str(base))
     monkeypatch.setattr(synthetic, "generate_dataset", must_not_run)
     assert embedded_data_root(seed=0) == root
     assert (root / synthetic.METADATA_FILE).stat().st_mtime_ns == stamp and file_hashes(root) == before
@@ -222,7 +222,7 @@ def test_embedded_root_failure_leaves_no_partial_set(tmp_path: Path, monkeypatch
         (Path(out_dir) / "brick").mkdir()
         raise KeyboardInterrupt
 
-    monkeypatch.setenv(synthetic.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(synthetic.DATA_CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(synthetic, "generate_dataset", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         embedded_data_root(seed=9)
