@@ -25,7 +25,6 @@ from maae.config import MAAEConfig, preset
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-FEATURE_CACHE_ENV = "MAAE_FEATURE_CACHE"
 QUICK_PRESET = "quick"
 # --tiny: a model small enough for a seconds-scale smoke run (the test suite's tiny settings).
 TINY_CONFIG = dict(image_size=64, hidden_dim=16, num_heads=2, depth=2, residual_every=1, dilation=1, epochs=1,

@@ -217,7 +217,7 @@ def ray_train_check(use_gpu: bool, work_dir: Path) -> dict[str, Any]:
 
     from maae.config import preset
     from maae.synthetic import generate_dataset
-    from study import cluster
+    from study.tune import cluster
 
     data_root = work_dir / "ray-data"
     categories = generate_dataset(data_root, seed=SEED, **RAY_DATA)[:RAY_CATEGORIES]

@@ -67,7 +67,7 @@ def _quick_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[P
 
     from maae.data import list_samples, resolve_categories
     from maae.engine import TrainingSession, prepare_data
-    from maae.training import save_checkpoint
+    from maae.run_folder import save_checkpoint
 
     config = settings.config(epochs=sizes.train_epochs)
     categories = resolve_categories(settings.data_root, None)[: sizes.quick_categories]
@@ -90,9 +90,9 @@ def _paper_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[P
     from maae.backbone import FEATURE_STAGES, backbone_fingerprint
     from maae.config import preset
     from maae.data import list_samples, resolve_categories
-    from maae.engine import CHECKPOINT_FORMAT_VERSION, UNIFIED_KEY
-    from maae.io import save_torch_atomic
+    from maae.engine import UNIFIED_KEY
     from maae.model import build_model
+    from maae.run_folder import save_models
 
     base = preset(PAPER_PRESET)
     weights = random_backbone_checkpoint(base.backbone, settings.work_dir / f"{base.backbone}-random-init.pt")
@@ -102,12 +102,8 @@ def _paper_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[P
     categories = resolve_categories(settings.data_root, None)[:1]
     torch.manual_seed(0)
     model = build_model(config, channels)
-    # The layout of maae.engine.TrainingSession.state_dict, for a model that was never trained.
-    state = {"format_version": CHECKPOINT_FORMAT_VERSION, "config": config.to_dict(), "categories": categories,
-             "stage_channels": list(channels),
-             "backbone_fingerprint": backbone_fingerprint(config.backbone, config.backbone_weights),
-             "epoch": 0, "models": {UNIFIED_KEY: model.state_dict()}, "optimizers": {}, "normal_reference": {}}
-    save_torch_atomic(folder / "checkpoint.pt", state)
+    save_models(folder, config, {UNIFIED_KEY: model}, categories=categories, stage_channels=channels,
+                backbone_fingerprint=backbone_fingerprint(config.backbone, config.backbone_weights))
     images = [s.image_path for s in list_samples(settings.data_root, categories[0], "test")][: sizes.paper_images]
     return folder, images
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    FEATURE_CACHE_ENV,
     PYTHON,
     REPO_ROOT,
     CommandResult,
@@ -44,6 +43,8 @@ from benchmarks.common import (
     run_command,
 )
 from maae.data import resolve_categories
+from maae.features import FEATURE_CACHE_ENV
+from maae.run_folder import METRICS_FILE
 
 NAME = "ray_overhead"
 SPACE_FILE = Path(__file__).resolve().parent / "ray_overhead.yaml"
@@ -145,7 +146,7 @@ def _trial_seconds(study_dir: Path) -> dict[int, float]:
 
 
 def _plain_metrics(outs: list[Path]) -> dict[int, float]:
-    return {seed: float(json.loads((out / "metrics.json").read_text())[COMPARED_METRIC])
+    return {seed: float(json.loads((out / METRICS_FILE).read_text())[COMPARED_METRIC])
             for seed, out in enumerate(outs)}
 
 

@@ -38,7 +38,6 @@ import torch  # noqa: E402
 
 from benchmarks import feature_cache, growth, inference, ray_overhead, train_step  # noqa: E402
 from benchmarks.common import (  # noqa: E402
-    FEATURE_CACHE_ENV,
     REPO_ROOT,
     TINY_DATA,
     Check,
@@ -47,6 +46,7 @@ from benchmarks.common import (  # noqa: E402
     finite,
     load_average,
 )
+from maae.features import FEATURE_CACHE_ENV  # noqa: E402
 from maae.io import write_json_atomic  # noqa: E402
 
 BENCHMARKS = {

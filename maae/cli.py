@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,15 +21,27 @@ def _categories(text: str | None) -> list[str] | None:
     return names
 
 
-def _data_root(path: str | None, seed: int = 0) -> Path:
+def _data_root(path: str | None, seed: int = 0, data_format: str | None = None) -> Path:
+    """The data folder (``--data``, or the embedded set), checked against ``--data-format`` when given."""
     if path:
         root = Path(path)
         if not root.is_dir():
-            raise MAAEError(f"--data {root}: no such folder (expected a data set in MVTec-AD layout)")
-        return root
-    from maae.synthetic import embedded_data_root
+            raise MAAEError(f"--data {root}: no such folder (expected a data set in MVTec-AD, VisA or "
+                            "Real-IAD layout)")
+    else:
+        from maae.synthetic import embedded_data_root
 
-    return embedded_data_root(seed)
+        root = embedded_data_root(seed)
+    if data_format:
+        from maae.data import resolve_data_format
+
+        resolve_data_format(root, data_format)
+    return root
+
+
+def _add_data_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-format", metavar="FORMAT",
+                        help="mvtec, visa, realiad or auto (default: detected from the folder's contents)")
 
 
 def build_config(preset_name: str, paradigm: str | None, overrides: Sequence[str]) -> MAAEConfig:
@@ -51,20 +64,32 @@ def cmd_train(args: argparse.Namespace) -> None:
     from maae.training import train
 
     config = build_config(args.preset, args.paradigm, args.set or [])
-    train(config, _data_root(args.data), _categories(args.categories), Path(args.out), resume=args.resume)
+    train(config, _data_root(args.data, data_format=args.data_format), _categories(args.categories),
+          Path(args.out), resume=args.resume)
+
+
+def cmd_baseline(args: argparse.Namespace) -> None:
+    from maae.baseline import baseline_run
+    from maae.baseline.config import build_baseline_configs
+    from maae.training import print_progress, summary_line
+
+    config, baseline = build_baseline_configs(args.preset, args.set or [])
+    result = baseline_run(config, baseline, _data_root(args.data, data_format=args.data_format),
+                          _categories(args.categories), Path(args.out), progress=print_progress)
+    print_progress(f"baseline: {summary_line(result.evaluation)} ({result.seconds:.0f}s) -> {args.out}")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from maae.checkpoint import load_run
     from maae.engine import default_device, prepare_data
-    from maae.evaluation import evaluate, write_evaluation
-    from maae.io import write_json_atomic
-    from maae.training import print_progress, run_config_payload, summary_line
+    from maae.evaluation import evaluate
+    from maae.run_folder import write_config, write_metrics
+    from maae.training import print_progress, summary_line
 
     device = default_device()
     run = load_run(Path(args.checkpoint), device)
     categories = _categories(args.categories) or run.categories
-    data = prepare_data(run.config, _data_root(args.data), categories, device=device,
+    data = prepare_data(run.config, _data_root(args.data, data_format=args.data_format), categories, device=device,
                         progress=print_progress, need_train=False)
     if run.config.paradigm == "separate":
         missing = [c for c in data.categories if c not in run.models]
@@ -73,23 +98,59 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                             f"(trained on {', '.join(run.categories)})")
     evaluation = evaluate(run.models, data, run.config, device=device)
     out = Path(args.out)
-    write_json_atomic(out / "config.json", {**run_config_payload(run.config, data), "checkpoint": str(run.path)})
-    write_evaluation(out, evaluation, {"epochs": run.epoch})
+    write_config(out, run.config, data, checkpoint=run.path)
+    write_metrics(out, evaluation, epochs=run.epoch)
     print_progress(f"{summary_line(evaluation)} -> {out}")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from maae.checkpoint import load_run
-    from maae.engine import default_device
-    from maae.predict import collect_images, predict
+    from maae.predict import collect_images, predict_images
 
-    device = default_device()
-    run = load_run(Path(args.checkpoint), device)
+    if args.model:
+        from maae.export import load_exported
+
+        scorer = load_exported(Path(args.model), category=args.category)
+    else:
+        from maae.checkpoint import load_run
+        from maae.engine import default_device
+        from maae.predict import checkpoint_scorer
+
+        device = default_device()
+        scorer = checkpoint_scorer(load_run(Path(args.checkpoint), device), category=args.category, device=device)
     images = collect_images([Path(p) for p in args.images])
-    frame = predict(run, images, Path(args.out), category=args.category, device=device)
+    frame = predict_images(scorer, images, Path(args.out))
     for row in frame.itertuples():
         print(f"{row.score:10.4f}  {row.path}")
     print(f"{len(frame)} predictions -> {Path(args.out) / 'predictions.csv'}", file=sys.stderr)
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from maae.export import export_run
+
+    result = export_run(Path(args.checkpoint), args.format, Path(args.out), category=args.category)
+    checked = ("not run here (onnxruntime is not installed)" if result.max_score_difference is None
+               else f"differences to PyTorch on a check batch: scores {result.max_score_difference:.2g}, "
+                    f"maps {result.max_map_difference:.2g}")
+    print(f"exported model {result.model_key} as {result.export_format} -> {result.path} ({checked})",
+          file=sys.stderr)
+
+
+def _one_line_warnings() -> None:
+    """Print a data warning (an image converted or enlarged) as one line, like an error (installed once)."""
+    original = warnings.showwarning
+    if getattr(original, "one_line_data_warnings", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        from maae.data import ImageConversionWarning
+
+        if issubclass(category, ImageConversionWarning):
+            print(f"warning: {message}", file=file or sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show.one_line_data_warnings = True
+    warnings.showwarning = show
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train MAAE and evaluate it")
-    train.add_argument("--data", help="data set in MVTec-AD layout (default: the embedded set)")
+    train.add_argument("--data", help="data set in MVTec-AD, VisA or Real-IAD layout (default: the embedded set)")
+    _add_data_format(train)
     train.add_argument("--categories", help="comma-separated subset of categories")
     train.add_argument("--preset", choices=PRESETS, default="quick")
     train.add_argument("--paradigm", choices=("unified", "separate"))
@@ -111,24 +173,46 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     train.set_defaults(func=cmd_train)
 
+    baseline = sub.add_parser("baseline", help="the nearest-neighbour patch baseline (PatchCore-style)")
+    baseline.add_argument("--data", help="data set in MVTec-AD, VisA or Real-IAD layout (default: the embedded set)")
+    _add_data_format(baseline)
+    baseline.add_argument("--categories", help="comma-separated subset of categories")
+    baseline.add_argument("--preset", choices=PRESETS, default="quick", help="chooses backbone and image size")
+    baseline.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="a baseline setting (stages, pool_size, coreset_max_patches, ...) or one of "
+                               "backbone, backbone_weights, image_size, eval_batch_size, feature_cache")
+    baseline.add_argument("--out", required=True, help="run folder")
+    baseline.set_defaults(func=cmd_baseline)
+
     evaluate = sub.add_parser("evaluate", help="evaluate a saved run on a data set")
     evaluate.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
     evaluate.add_argument("--data", help="data set (default: the embedded set)")
+    _add_data_format(evaluate)
     evaluate.add_argument("--categories")
     evaluate.add_argument("--out", required=True)
     evaluate.set_defaults(func=cmd_evaluate)
 
     predict = sub.add_parser("predict", help="score images and draw heatmaps")
-    predict.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
+    model = predict.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="run folder or checkpoint.pt")
+    model.add_argument("--model", help="a file written by `export` (.onnx: onnxruntime; .pt: TorchScript)")
     predict.add_argument("images", nargs="+", help="image files or folders")
     predict.add_argument("--category", help="which per-category model (separate paradigm only)")
     predict.add_argument("--out", required=True)
     predict.set_defaults(func=cmd_predict)
+
+    export = sub.add_parser("export", help="write a run's model as one ONNX or TorchScript graph")
+    export.add_argument("--checkpoint", required=True, help="run folder or checkpoint.pt")
+    export.add_argument("--format", required=True, help="onnx or torchscript")
+    export.add_argument("--category", help="which per-category model (separate paradigm only)")
+    export.add_argument("--out", required=True, help="the file to write (.onnx or .pt)")
+    export.set_defaults(func=cmd_export)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _one_line_warnings()
     try:
         args.func(args)
     except MAAEError as err:

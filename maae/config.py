@@ -16,7 +16,15 @@ from typing import Any
 from maae.errors import ConfigError
 
 ATTENTION_KINDS = ("mixed", "spatial")
-NOISE_KINDS = ("ang", "jitter", "none")
+# ang: the paper's ANG with W normalised (see maae.model.noise); ang_literal: the formula as printed (W raw,
+# penalty lambda_re * ||W||_F); fixed: ANG with W frozen at uniform (plain Gaussian noise, no adversary);
+# dropout: dropout on the auto encoder's input (Dinomaly's noisy bottleneck); jitter: UniAD's feature jitter.
+NOISE_KINDS = ("ang", "ang_literal", "fixed", "dropout", "jitter", "none")
+ANG_NOISE_KINDS = ("ang", "ang_literal", "fixed")
+LOSS_KINDS = ("mse", "cosine")
+IMAGE_SCORES = ("max", "topk_mean")
+# Strides of the backbone stages a token grid can sit on (stages 3 and 4 of a timm features_only model).
+TOKEN_STRIDES = (8, 16)
 PARADIGMS = ("unified", "separate")
 LR_SCHEDULES = ("constant", "cosine")
 PRESETS = ("quick", "paper")
@@ -41,13 +49,14 @@ class MAAEConfig:
     residual_every: int = 3
     hidden_dim: int = 256
     num_heads: int = 8
-    mlp_ratio: float = 2.0
     # Ablation switches (paper Table 3).
     use_ang: bool = True
     use_ffm: bool = True
     attention: str = "mixed"
-    # Which noise generator runs when use_ang is on: the paper's ANG, or UniAD's feature jitter.
+    # Which noise generator runs when use_ang is on (NOISE_KINDS above).
     noise: str = "ang"
+    # Probability of zeroing an input feature when noise is "dropout" (Dinomaly uses 0.2).
+    dropout_rate: float = 0.2
     jitter_scale: float = 20.0
     jitter_prob: float = 1.0
     # Backbone and input.
@@ -55,6 +64,9 @@ class MAAEConfig:
     # Weights for the backbone: "auto" (bundled Lite0 package, else timm's hub), "hub", "bundled", or a path.
     backbone_weights: str = "auto"
     image_size: int = 256
+    # Stride of the token grid: 16 (the paper: merge to the deepest stage) or 8 (the merge stops at stride 8,
+    # the stride-16 stage is brought up to it bilinearly): image_size / token_stride tokens per side.
+    token_stride: int = 16
     # Training (paper 3.1: Adam, lr 1e-4, batch 64).
     epochs: int = 200
     batch_size: int = 64
@@ -62,12 +74,28 @@ class MAAEConfig:
     # "constant" (the paper names no schedule), or "cosine": both optimisers' learning rates follow a half
     # cosine from lr down to 0 over `epochs`, stepped after every epoch.
     lr_schedule: str = "constant"
+    # Epochs of linear warm-up before the schedule: epoch e < warmup_epochs runs at lr * (e + 1) /
+    # (warmup_epochs + 1); a cosine schedule then decays over the remaining epochs. Applies to both optimisers.
+    warmup_epochs: int = 0
+    # Learning rate of ANG's W (the adversary's Adam); 0 means "the same as lr".
+    ang_lr: float = 0.0
+    # Exponential moving average of the auto encoder's and merge's trainable weights, updated after every
+    # step and used for evaluation and deployment; 0 turns it off.
+    ema_decay: float = 0.0
     weight_decay: float = 0.0
+    # Global gradient-norm clipping of the auto encoder and merge (not of ANG's W, which has its own Adam).
     grad_clip: float = 1.0
+    # Reconstruction loss and, with it, the anomaly map's distance: "mse" (the paper's Eq. 3, per-token L2
+    # map) or "cosine" (1 - cosine similarity per token, as Dinomaly and ViTAD).
+    loss: str = "mse"
     paradigm: str = "unified"
     seed: int = 0
     # Evaluation: Gaussian smoothing of the upsampled anomaly map (pixels; 0 turns it off).
     anomaly_map_sigma: float = 4.0
+    # Image score from the smoothed map: "max" (paper Eq. 5) or "topk_mean", the mean of its highest
+    # image_score_topk fraction of pixels (Dinomaly: the top 1%).
+    image_score: str = "max"
+    image_score_topk: float = 0.01
     eval_batch_size: int = 32
     # Frozen-backbone feature cache (computed once per data set, backbone and image size).
     feature_cache: bool = True
@@ -80,9 +108,18 @@ class MAAEConfig:
         """The noise generator that actually runs: ``none`` when ``use_ang`` is off."""
         return self.noise if self.use_ang else "none"
 
-    def replace(self, **changes: Any) -> MAAEConfig:
-        """A copy with ``changes`` applied and validated (names checked like :meth:`from_dict`)."""
-        return MAAEConfig.from_dict({**self.to_dict(), **changes})
+    @property
+    def effective_ang_lr(self) -> float:
+        """The learning rate of ANG's W: ``ang_lr``, or ``lr`` when ``ang_lr`` is 0."""
+        return self.ang_lr if self.ang_lr > 0 else self.lr
+
+    def replace(self, source: str = "config", /, **changes: Any) -> MAAEConfig:
+        """A copy with ``changes`` applied and validated (names checked like :meth:`from_dict`).
+
+        ``source`` names where the changes came from in an error message (``--set``, a trial's parameters);
+        it is positional-only, so no change can collide with it.
+        """
+        return MAAEConfig.from_dict({**self.to_dict(), **changes}, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -237,9 +274,9 @@ def _validate(cfg: MAAEConfig) -> None:
         f"a divisor of hidden_dim ({cfg.hidden_dim})",
         cfg.num_heads,
     )
-    _check(cfg.mlp_ratio > 0, "mlp_ratio", "a number > 0", cfg.mlp_ratio)
     _check(cfg.attention in ATTENTION_KINDS, "attention", f"one of {ATTENTION_KINDS}", cfg.attention)
     _check(cfg.noise in NOISE_KINDS, "noise", f"one of {NOISE_KINDS}", cfg.noise)
+    _check(0 <= cfg.dropout_rate < 1, "dropout_rate", "a number in [0, 1)", cfg.dropout_rate)
     _check(cfg.jitter_scale > 0, "jitter_scale", "a number > 0", cfg.jitter_scale)
     _check(0 <= cfg.jitter_prob <= 1, "jitter_prob", "a number in [0, 1]", cfg.jitter_prob)
     _check(bool(cfg.backbone.strip()), "backbone", "a timm model name", cfg.backbone)
@@ -251,26 +288,39 @@ def _validate(cfg: MAAEConfig) -> None:
         "a multiple of 16 that is >= 32 (the backbone's stride-16 grid)",
         cfg.image_size,
     )
+    _check(cfg.token_stride in TOKEN_STRIDES, "token_stride", f"one of {TOKEN_STRIDES}", cfg.token_stride)
     _check(cfg.epochs >= 1, "epochs", "an integer >= 1", cfg.epochs)
     _check(cfg.batch_size >= 1, "batch_size", "an integer >= 1", cfg.batch_size)
     _check(cfg.lr > 0, "lr", "a number > 0", cfg.lr)
     _check(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule", f"one of {LR_SCHEDULES}", cfg.lr_schedule)
+    _check(0 <= cfg.warmup_epochs < cfg.epochs, "warmup_epochs",
+           f"an integer between 0 and epochs - 1 ({cfg.epochs - 1})", cfg.warmup_epochs)
+    _check(cfg.ang_lr >= 0, "ang_lr", "a number >= 0 (0 means the same as lr)", cfg.ang_lr)
+    _check(0 <= cfg.ema_decay < 1, "ema_decay", "a number in [0, 1) (0 turns the average off)", cfg.ema_decay)
     _check(cfg.weight_decay >= 0, "weight_decay", "a number >= 0", cfg.weight_decay)
     _check(cfg.grad_clip >= 0, "grad_clip", "a number >= 0 (0 turns clipping off)", cfg.grad_clip)
+    _check(cfg.loss in LOSS_KINDS, "loss", f"one of {LOSS_KINDS}", cfg.loss)
     _check(cfg.paradigm in PARADIGMS, "paradigm", f"one of {PARADIGMS}", cfg.paradigm)
     _check(cfg.seed >= 0, "seed", "an integer >= 0", cfg.seed)
     _check(cfg.anomaly_map_sigma >= 0, "anomaly_map_sigma", "a number >= 0", cfg.anomaly_map_sigma)
+    _check(cfg.image_score in IMAGE_SCORES, "image_score", f"one of {IMAGE_SCORES}", cfg.image_score)
+    _check(0 < cfg.image_score_topk <= 1, "image_score_topk", "a fraction in (0, 1] of the map's pixels",
+           cfg.image_score_topk)
     _check(cfg.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", cfg.eval_batch_size)
 
 
 __all__ = [
+    "ANG_NOISE_KINDS",
     "ATTENTION_KINDS",
     "FALSE_WORDS",
+    "IMAGE_SCORES",
+    "LOSS_KINDS",
     "LR_SCHEDULES",
     "MAAEConfig",
     "NOISE_KINDS",
     "PARADIGMS",
     "PRESETS",
+    "TOKEN_STRIDES",
     "TRUE_WORDS",
     "parse_set_arguments",
     "preset",

@@ -7,6 +7,7 @@ model and its optimisers as arguments, keeps no global state, and returns its me
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import time
@@ -22,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSamp
 from maae.backbone import FrozenBackbone, backbone_fingerprint, build_backbone
 from maae.config import MAAEConfig
 from maae.data import AnomalyDataset, Sample, list_samples, load_mask, resolve_categories
+from maae.ema import ModelEma
 from maae.features import StageFeatures, default_cache_dir, load_or_compute
 from maae.model import MAAEModel, build_model
 from maae.model.loss import reconstruction_loss
@@ -37,12 +39,14 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass
 class Optimizers:
-    """Adam for the auto encoder (and FFM), a separate Adam for ANG's W (the adversary), and the learning-rate
-    schedules of both (``lr_schedule``; none when it is constant)."""
+    """Adam for the auto encoder (and FFM), a separate Adam for ANG's W (the adversary; none when W is frozen
+    or there is no ANG), the learning-rate schedules of both (none when the rate is constant without warm-up),
+    and the moving average of the weights that every step updates (``ema_decay``; none when off)."""
 
     model: torch.optim.Optimizer
     noise: torch.optim.Optimizer | None = None
     schedules: list[torch.optim.lr_scheduler.LRScheduler] = field(default_factory=list)
+    ema: ModelEma | None = None
 
     def zero_grad(self) -> None:
         self.model.zero_grad(set_to_none=True)
@@ -55,9 +59,13 @@ class Optimizers:
             schedule.step()
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(),
-                "noise": self.noise.state_dict() if self.noise is not None else None,
-                "schedules": [schedule.state_dict() for schedule in self.schedules]}
+        """Optimiser and schedule states (the moving average's weights are saved with the models)."""
+        state = {"model": self.model.state_dict(),
+                 "noise": self.noise.state_dict() if self.noise is not None else None,
+                 "schedules": [schedule.state_dict() for schedule in self.schedules]}
+        if self.ema is not None:
+            state["ema_updates"] = self.ema.updates
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
@@ -65,6 +73,8 @@ class Optimizers:
             self.noise.load_state_dict(state["noise"])
         for schedule, schedule_state in zip(self.schedules, state.get("schedules", []), strict=False):
             schedule.load_state_dict(schedule_state)
+        if self.ema is not None:
+            self.ema.updates = int(state["ema_updates"])
 
 
 def unwrap(model: nn.Module) -> MAAEModel:
@@ -72,34 +82,64 @@ def unwrap(model: nn.Module) -> MAAEModel:
     return getattr(model, "module", model)
 
 
+def learning_rate_factor(epoch: int, *, schedule: str, warmup_epochs: int, epochs: int) -> float:
+    """The multiple of the base learning rate used during ``epoch`` (0-based).
+
+    Warm-up: epoch ``e < warmup_epochs`` runs at ``(e + 1) / (warmup_epochs + 1)``. Then ``constant`` keeps
+    1, and ``cosine`` follows a half cosine from 1 down to 0 over the remaining epochs.
+    """
+    if epoch < warmup_epochs:
+        return (epoch + 1) / (warmup_epochs + 1)
+    if schedule == "cosine":
+        progress = (epoch - warmup_epochs) / (epochs - warmup_epochs)
+        return (1 + math.cos(math.pi * progress)) / 2
+    return 1.0
+
+
 def build_optimizers(model: nn.Module, config: MAAEConfig) -> Optimizers:
+    """Adam for the auto encoder and merge at ``lr``; Adam for a trainable ANG W at ``ang_lr`` (default:
+    ``lr``); one per-epoch schedule for both (``lr_schedule``, ``warmup_epochs``); the moving average of the
+    auto encoder's and merge's weights (``ema_decay``)."""
     core = unwrap(model)
     ang = core.adaptive_noise
     noise_params = {id(p) for p in ang.parameters()} if ang is not None else set()
     model_params = [p for p in core.parameters() if id(p) not in noise_params and p.requires_grad]
     model_opt = torch.optim.Adam(model_params, lr=config.lr, weight_decay=config.weight_decay)
-    noise_opt = torch.optim.Adam(ang.parameters(), lr=config.lr) if ang is not None else None
+    noise_opt = None
+    if ang is not None and ang.trainable:
+        noise_opt = torch.optim.Adam(ang.parameters(), lr=config.effective_ang_lr)
     schedules: list[torch.optim.lr_scheduler.LRScheduler] = []
-    if config.lr_schedule == "cosine":
-        schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=config.epochs)
-                     for opt in (model_opt, noise_opt) if opt is not None]
-    return Optimizers(model=model_opt, noise=noise_opt, schedules=schedules)
+    if config.lr_schedule != "constant" or config.warmup_epochs > 0:
+        factor = functools.partial(learning_rate_factor, schedule=config.lr_schedule,
+                                   warmup_epochs=config.warmup_epochs, epochs=config.epochs)
+        schedules = [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in (model_opt, noise_opt)
+                     if opt is not None]
+    ema = None
+    if config.ema_decay > 0:
+        averaged_ids = {id(p) for p in model_params}
+        averaged = [name for name, p in core.named_parameters() if id(p) in averaged_ids]
+        ema = ModelEma(core, config.ema_decay, averaged)
+    return Optimizers(model=model_opt, noise=noise_opt, schedules=schedules, ema=ema)
 
 
 def train_step(
     model: nn.Module, optimizers: Optimizers, stages: Sequence[torch.Tensor], config: MAAEConfig,
 ) -> dict[str, float]:
-    """One optimisation step on one batch of backbone stages; returns ``loss`` and ``noise_penalty``.
+    """One optimisation step on one batch of backbone stages; returns ``loss``, and ``noise_penalty`` and
+    ``noise_spread`` with ANG, and ``grad_norm`` (before clipping) with clipping on.
 
     One backward pass serves both players: the auto encoder (and FFM) descend ``L_e``; ANG's W receives
     ``dL_e/dW`` too, which :meth:`AdaptiveNoiseGenerator.adversarial_gradient` turns into the gradient of
-    ``L_ANG = -lambda_ang L_e + lambda_re ||W||_2`` before its own optimiser steps.
+    ``L_ANG = -lambda_ang L_e + lambda_re R(W)`` before its own optimiser steps. ``R(W)`` (reported as
+    ``noise_penalty``) is :meth:`AdaptiveNoiseGenerator.regulariser`: ``mean((W_hat - 1)^2)`` with
+    ``W_hat = W / rms(W)``, the normalised weights' mean squared distance from uniform noise (not the paper's
+    ``||W||_2``, which only ``noise=ang_literal`` uses).
     """
     core = unwrap(model)
     model.train()
     optimizers.zero_grad()
     output = model(stages)
-    loss = reconstruction_loss(output.reconstruction, output.target)
+    loss = reconstruction_loss(output.reconstruction, output.target, config.loss)
     locally_finite, everywhere_finite = _finite_on_all_ranks(loss)
     if not everywhere_finite:
         where = f"is {loss.item()}" if not locally_finite else "is not finite on another rank"
@@ -109,15 +149,23 @@ def train_step(
     ang = core.adaptive_noise
     if ang is not None:
         ang.adversarial_gradient(config.lambda_ang, config.lambda_re)
+    grad_norm = None
     if config.grad_clip > 0:
+        # The auto encoder's and merge's parameters only: W has its own Adam, unclipped.
         params = [p for group in optimizers.model.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     optimizers.model.step()
     if optimizers.noise is not None:
         optimizers.noise.step()
+    if optimizers.ema is not None:
+        optimizers.ema.update(core)
     metrics = {"loss": float(loss.detach())}
+    if grad_norm is not None:
+        metrics["grad_norm"] = float(grad_norm)
     if ang is not None:
-        metrics["noise_penalty"] = float(ang.regulariser().detach())
+        with torch.no_grad():
+            metrics["noise_penalty"] = float(ang.regulariser())
+            metrics["noise_spread"] = float(ang.spread())
     return metrics
 
 
@@ -267,11 +315,20 @@ class _LiveImages(Dataset):
 
 @dataclass
 class EpochStats:
+    """One epoch's means over its steps (``noise_spread``: the value after its last step), for every model.
+
+    ``noise_penalty`` is ANG's R(W) and ``noise_spread`` the standard deviation of W's normalised entries (0
+    for uniform noise): how far the adversary has moved W. ``grad_norm`` is the auto encoder's gradient norm
+    before clipping (compare with ``grad_clip`` to see how often clipping acts). None when not applicable.
+    """
+
     epoch: int
     loss: float
     images: int
     seconds: float
     noise_penalty: float | None = None
+    noise_spread: float | None = None
+    grad_norm: float | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -337,24 +394,41 @@ class TrainingSession:
         started = time.perf_counter()
         losses: list[float] = []
         noise_penalties: list[float] = []
+        grad_norms: list[float] = []
+        final_spreads: list[float] = []
         images = 0
         for key, loader in self.loaders.items():
             if isinstance(loader.sampler, DistributedSampler):
                 loader.sampler.set_epoch(self.epoch)
+            metrics: dict[str, float] = {}
             for batch in loader:
                 stages = self._stages(batch)
                 metrics = train_step(self.models[key], self.optimizers[key], stages, self.config)
                 losses.append(metrics["loss"])
                 if "noise_penalty" in metrics:
                     noise_penalties.append(metrics["noise_penalty"])
+                if "grad_norm" in metrics:
+                    grad_norms.append(metrics["grad_norm"])
                 images += stages[0].shape[0]
+            if "noise_spread" in metrics:
+                final_spreads.append(metrics["noise_spread"])
             self.optimizers[key].end_epoch()
         self.epoch += 1
         return EpochStats(
             epoch=self.epoch, loss=float(np.mean(losses)), images=images,
             seconds=time.perf_counter() - started,
-            noise_penalty=float(np.mean(noise_penalties)) if noise_penalties else None,
+            noise_penalty=_mean_or_none(noise_penalties), noise_spread=_mean_or_none(final_spreads),
+            grad_norm=_mean_or_none(grad_norms),
         )
+
+    def evaluation_models(self) -> dict[str, MAAEModel]:
+        """The models to evaluate and deploy, by key: the moving averages when ``ema_decay`` is on, else the
+        trained models themselves."""
+        return {key: self._evaluation_model(key) for key in self.models}
+
+    def _evaluation_model(self, key: str) -> MAAEModel:
+        ema = self.optimizers[key].ema
+        return ema.module if ema is not None else self.core_model(key)
 
     def _stages(self, batch: list[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
         if isinstance(batch, torch.Tensor):  # images: run the frozen backbone now
@@ -363,18 +437,24 @@ class TrainingSession:
         return [stage.to(self.device, non_blocking=True) for stage in batch]
 
     def state_dict(self) -> dict:
-        """Everything needed to resume or to deploy (readable with ``torch.load(weights_only=True)``)."""
-        return {
-            "format_version": CHECKPOINT_FORMAT_VERSION,
+        """Everything needed to resume or to deploy (readable with ``torch.load(weights_only=True)``).
+
+        ``models`` holds the weights to deploy (:meth:`evaluation_models`); with a moving average on, the
+        trained weights it averages are under ``training_models``, so a resumed run continues both.
+        """
+        state = {
             "config": self.config.to_dict(),
             "categories": list(self.data.categories),
             "stage_channels": list(self.data.stage_channels),
             "backbone_fingerprint": self.data.backbone_fingerprint,
             "epoch": self.epoch,
-            "models": {key: self.core_model(key).state_dict() for key in self.models},
+            "models": {key: model.state_dict() for key, model in self.evaluation_models().items()},
             "optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
             "random_state": self._random_state(),
         }
+        if self.config.ema_decay > 0:
+            state["training_models"] = {key: self.core_model(key).state_dict() for key in self.models}
+        return state
 
     def _shuffle_generators(self) -> dict[str, torch.Generator]:
         """Each loader's shuffling generator (a DistributedSampler has none: it reshuffles from the epoch)."""
@@ -400,8 +480,12 @@ class TrainingSession:
                 generators[key].set_state(generator_state)
 
     def load_state_dict(self, state: dict) -> None:
-        for key, model_state in state["models"].items():
+        for key, model_state in state.get("training_models", state["models"]).items():
             self.core_model(key).load_state_dict(model_state)
+        for key, model_state in state["models"].items():
+            ema = self.optimizers[key].ema
+            if ema is not None:
+                ema.module.load_state_dict(model_state)
         for key, opt_state in state.get("optimizers", {}).items():
             self.optimizers[key].load_state_dict(opt_state)
         if "random_state" in state:  # absent from checkpoints written before it was saved
@@ -409,4 +493,6 @@ class TrainingSession:
         self.epoch = int(state["epoch"])
 
 
-CHECKPOINT_FORMAT_VERSION = 1
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+

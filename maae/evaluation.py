@@ -1,10 +1,9 @@
-"""Evaluation: anomaly maps for every test image, per-category metrics, and the run's output files."""
+"""Evaluation: anomaly maps for every test image, and per-category metrics (written by :mod:`maae.run_folder`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,10 +12,8 @@ import torch
 from maae.config import MAAEConfig
 from maae.engine import UNIFIED_KEY, PreparedData
 from maae.features import StageFeatures
-from maae.io import write_csv_atomic, write_json_atomic
 from maae.metrics import METRIC_NAMES, compute_metrics, mean_metrics
-from maae.model import AnomalyMapGenerator, MAAEModel
-from maae.model.anomaly_map import image_scores
+from maae.model import AnomalyMapGenerator, MAAEModel, build_anomaly_map_generator, image_scores
 
 SCORE_COLUMNS = ("path", "category", "defect", "label", "score")
 
@@ -57,7 +54,7 @@ def evaluate(
     keep_maps: bool = False,
 ) -> Evaluation:
     """Evaluate the unified model (key ``UNIFIED_KEY``) or the per-category models on every test set."""
-    generator = AnomalyMapGenerator(config.image_size, config.anomaly_map_sigma).to(device)
+    generator = build_anomaly_map_generator(config).to(device)
     per_category: dict[str, dict[str, float]] = {}
     score_rows = []
     kept: dict[str, np.ndarray] = {}
@@ -65,7 +62,7 @@ def evaluate(
         model = models[UNIFIED_KEY] if UNIFIED_KEY in models else models[category]
         cat = data.per_category[category]
         maps = anomaly_maps(model, cat.test, generator, batch_size=config.eval_batch_size, device=device)
-        scores = image_scores(torch.from_numpy(maps)).numpy()
+        scores = image_scores(torch.from_numpy(maps), config.image_score, config.image_score_topk).numpy()
         per_category[category] = compute_metrics(scores, cat.labels, maps, cat.masks(config.image_size),
                                                  category=category)
         for sample, score in zip(cat.test.samples, scores, strict=True):
@@ -85,7 +82,7 @@ def normal_score_reference(
     Prediction uses it to scale heatmaps, so that a deployed model's overlays mean the same across images;
     it never touches the test set.
     """
-    generator = AnomalyMapGenerator(config.image_size, config.anomaly_map_sigma).to(device)
+    generator = build_anomaly_map_generator(config).to(device)
     reference = {}
     for key, model in models.items():
         categories = data.categories if key == UNIFIED_KEY else [key]
@@ -102,18 +99,3 @@ def normal_score_reference(
         reference[key] = {"map_median": float(np.median(np.concatenate(values))),
                           "score_p99": float(np.percentile(np.concatenate(maxima), 99))}
     return reference
-
-
-def write_evaluation(out_dir: Path, evaluation: Evaluation, extra_metrics: Mapping[str, float] | None = None) -> None:
-    """``metrics.json`` (means as fractions), ``per_category.csv`` and ``scores.csv``, each written atomically."""
-    out_dir = Path(out_dir)
-    payload = {name: _json_float(evaluation.means.get(name, float("nan"))) for name in METRIC_NAMES}
-    if extra_metrics:
-        payload.update({k: _json_float(v) if isinstance(v, float) else v for k, v in extra_metrics.items()})
-    write_csv_atomic(out_dir / "per_category.csv", evaluation.per_category_frame())
-    write_csv_atomic(out_dir / "scores.csv", evaluation.scores)
-    write_json_atomic(out_dir / "metrics.json", payload)
-
-
-def _json_float(value: float) -> float | None:
-    return None if value is None or not np.isfinite(value) else float(value)

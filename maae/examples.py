@@ -17,8 +17,7 @@ from maae.checkpoint import load_run
 from maae.data import list_samples, load_image, load_mask, resolve_categories
 from maae.engine import default_device
 from maae.io import write_csv_atomic
-from maae.model import AnomalyMapGenerator
-from maae.model.anomaly_map import image_scores
+from maae.model import build_anomaly_map_generator, image_scores
 from maae.predict import HEAT_CEILING_FACTOR
 from maae.visualize import overlay, save_png, scale_map
 
@@ -50,7 +49,7 @@ def write_examples(
     run = load_run(Path(run_dir), device)
     config = run.config
     backbone = build_backbone(config.backbone, config.backbone_weights).to(device)
-    generator = AnomalyMapGenerator(config.image_size, config.anomaly_map_sigma).to(device)
+    generator = build_anomaly_map_generator(config).to(device)
     rng = np.random.default_rng(seed)
     out_dir = Path(out_dir)
     rows = []
@@ -64,7 +63,7 @@ def write_examples(
             with torch.no_grad():
                 output = model(backbone(batch))
                 anomaly_map = generator(output.reconstruction, output.target)
-            score = float(image_scores(anomaly_map)[0])
+            score = float(image_scores(anomaly_map, config.image_score, config.image_score_topk)[0])
             anomaly_map = anomaly_map[0].cpu().numpy()
             ceiling = reference.get("score_p99")
             high = HEAT_CEILING_FACTOR * ceiling if ceiling else float(anomaly_map.max())

@@ -25,15 +25,8 @@ from scipy import ndimage
 from sklearn.metrics import auc, roc_curve
 
 from maae.errors import MetricError
+from maae.metric_names import METRIC_NAMES
 
-METRIC_NAMES: tuple[str, ...] = (
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "image_ap",
-    "pixel_ap",
-    "pixel_f1_max",
-)
 AUPRO_FPR_LIMIT = 0.3
 
 IMAGE_METRICS = ("image_auroc", "image_ap")

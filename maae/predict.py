@@ -1,26 +1,43 @@
-"""Running a trained model on new images: scores, heatmap overlays, and a CSV (how a study's winner deploys)."""
+"""Running a trained model on new images: scores, readable overlays, and a CSV (how a study's winner deploys).
+
+The model runs as one :class:`ScoringGraph`: frozen backbone, feature merge, auto encoder, anomaly map and
+image score, from an image batch (``B x 3 x S x S`` float RGB in [0, 1]) to maps and scores. ``predict
+--checkpoint`` runs it in PyTorch; ``python -m maae export`` writes the same graph to ONNX or TorchScript and
+``predict --model`` runs that file (:mod:`maae.export`). Both go through :func:`predict_images`, so the
+preprocessing (:func:`maae.data.decode_image`: decode, convert to 8-bit RGB, PIL bilinear resize to S x S,
+divide by 255), the overlays and ``predictions.csv`` are the same.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from maae.backbone import backbone_fingerprint, build_backbone
+from maae.backbone import FrozenBackbone, backbone_fingerprint, build_backbone
 from maae.checkpoint import LoadedRun
-from maae.data import IMAGE_EXTENSIONS, load_image
+from maae.data import IMAGE_EXTENSIONS, decode_image
 from maae.errors import MAAEError
 from maae.io import write_csv_atomic
-from maae.model import AnomalyMapGenerator
-from maae.model.anomaly_map import image_scores
-from maae.visualize import overlay, save_png, scale_map
+from maae.model import MAAEModel, build_anomaly_map_generator, image_scores
+from maae.visualize import overlay_panels, resize_map, save_png
 
 PREDICTION_COLUMNS = ("path", "model", "score", "relative_score", "heatmap")
+HEATMAP_FOLDER = "heatmaps"
 # An anomaly map at twice the highest score seen on normal training images is drawn at full heat.
 HEAT_CEILING_FACTOR = 2.0
+# Keys of a model's normal reference (written when a run finishes): the median anomaly-map value on normal
+# training images (drawn as the coldest colour), the 99th percentile of their image scores (relative_score's
+# unit), and, once a run is calibrated, the pixel threshold whose map region is outlined as the predicted mask.
+MAP_MEDIAN_KEY = "map_median"
+SCORE_CEILING_KEY = "score_p99"
+PIXEL_THRESHOLD_KEY = "pixel_threshold"
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -42,45 +59,123 @@ def collect_images(inputs: Sequence[Path]) -> list[Path]:
     return found
 
 
-def predict(
-    run: LoadedRun, images: Sequence[Path], out_dir: Path, *, category: str | None = None,
-    device: torch.device | None = None, batch_size: int | None = None,
-) -> pd.DataFrame:
-    """Score ``images`` with the run's model; write ``heatmaps/*.png`` and ``predictions.csv`` to ``out_dir``."""
+class ScoringGraph(nn.Module):
+    """Backbone, merge, auto encoder, anomaly map and image score as one module (what an export holds).
+
+    ``forward(images)`` takes ``B x 3 x S x S`` float RGB in [0, 1] (the backbone's ImageNet normalisation is
+    inside) and returns ``(maps, scores)``: ``B x S x S`` anomaly maps and ``B`` image scores.
+    """
+
+    def __init__(self, backbone: FrozenBackbone, model: MAAEModel, generator: nn.Module, *,
+                 image_score: str, image_score_topk: float) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.model = model
+        self.generator = generator
+        self.image_score = image_score
+        self.image_score_topk = image_score_topk
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(self.backbone(images))
+        maps = self.generator(output.reconstruction, output.target)
+        return maps, image_scores(maps, self.image_score, self.image_score_topk)
+
+
+def build_scoring_graph(run: LoadedRun, key: str, device: torch.device | None = None) -> ScoringGraph:
+    """The scoring graph of the run's model ``key``, in eval mode; the backbone must be the one it was trained
+    with (same weights fingerprint), else a one-line error."""
     config = run.config
     device = device or torch.device("cpu")
-    key = run.model_key(category)
-    model = run.models[key].to(device).eval()
-    backbone = build_backbone(config.backbone, config.backbone_weights).to(device)
     fingerprint = backbone_fingerprint(config.backbone, config.backbone_weights)
     if run.backbone_fingerprint and fingerprint != run.backbone_fingerprint:
         raise MAAEError(f"{run.path}: trained with backbone weights {run.backbone_fingerprint}, "
                         f"but {fingerprint} resolved here")
-    generator = AnomalyMapGenerator(config.image_size, config.anomaly_map_sigma).to(device)
-    reference = run.normal_reference.get(key, {})
-    low = reference.get("map_median", 0.0)
-    ceiling = reference.get("score_p99")
-    out_dir = Path(out_dir)
-    rows = []
-    step = batch_size or config.eval_batch_size
-    for start in range(0, len(images), step):
-        chunk = list(images[start:start + step])
-        pixels = np.stack([load_image(path, config.image_size) for path in chunk])
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(device)
+    backbone = build_backbone(config.backbone, config.backbone_weights)
+    graph = ScoringGraph(backbone, run.models[key], build_anomaly_map_generator(config),
+                         image_score=config.image_score, image_score_topk=config.image_score_topk)
+    return graph.to(device).eval()
+
+
+class Scorer(Protocol):
+    """Anything that turns a preprocessed batch into maps and scores: the PyTorch graph or an exported file."""
+
+    image_size: int
+    model_key: str
+    reference: Mapping[str, float]
+    batch_size: int
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``B x 3 x S x S`` float32 in [0, 1] -> (``B x S x S`` maps, ``B`` scores), float32 arrays."""
+        ...
+
+
+@dataclass
+class CheckpointScorer:
+    """A run's model, run eagerly in PyTorch."""
+
+    graph: ScoringGraph
+    image_size: int
+    model_key: str
+    batch_size: int
+    device: torch.device
+    reference: Mapping[str, float] = field(default_factory=dict)
+
+    def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
-            output = model(backbone(batch))
-            maps = generator(output.reconstruction, output.target)
-        scores = image_scores(maps).cpu().numpy()
-        maps_np = maps.cpu().numpy()
-        for offset, path in enumerate(chunk):
-            high = HEAT_CEILING_FACTOR * ceiling if ceiling else float(maps_np[offset].max())
-            heatmap_path = out_dir / "heatmaps" / f"{start + offset:05d}_{path.stem}.png"
-            save_png(heatmap_path, overlay(pixels[offset], scale_map(maps_np[offset], low, high)))
+            maps, scores = self.graph(torch.from_numpy(images).to(self.device))
+        return maps.float().cpu().numpy(), scores.float().cpu().numpy()
+
+
+def checkpoint_scorer(run: LoadedRun, *, category: str | None = None, device: torch.device | None = None,
+                      batch_size: int | None = None) -> CheckpointScorer:
+    """The scorer of a loaded run (``category`` picks the model of a separate-paradigm run)."""
+    device = device or torch.device("cpu")
+    key = run.model_key(category)
+    return CheckpointScorer(build_scoring_graph(run, key, device), run.config.image_size, key,
+                            batch_size or run.config.eval_batch_size, device, run.normal_reference.get(key, {}))
+
+
+def predict_images(scorer: Scorer, images: Sequence[Path], out_dir: Path) -> pd.DataFrame:
+    """Score ``images``; write one overlay PNG per image under ``heatmaps/`` and ``predictions.csv``.
+
+    Overlays are drawn at each source image's resolution (:func:`maae.visualize.overlay_panels`); the map is
+    coloured from the normal reference's median map value to twice its score ceiling (the image's own
+    maximum when the run has no reference).
+    """
+    out_dir = Path(out_dir)
+    reference = dict(scorer.reference)
+    low = reference.get(MAP_MEDIAN_KEY, 0.0)
+    ceiling = reference.get(SCORE_CEILING_KEY)
+    pixel_threshold = reference.get(PIXEL_THRESHOLD_KEY)
+    rows = []
+    for start in range(0, len(images), scorer.batch_size):
+        chunk = [decode_image(path) for path in images[start:start + scorer.batch_size]]
+        for decoded in chunk:
+            decoded.warn(scorer.image_size)
+        batch = np.stack([decoded.model_input(scorer.image_size) for decoded in chunk]).transpose(0, 3, 1, 2)
+        maps, scores = scorer.score(np.ascontiguousarray(batch, dtype=np.float32))
+        for offset, decoded in enumerate(chunk):
+            anomaly_map = maps[offset]
+            high = HEAT_CEILING_FACTOR * ceiling if ceiling else float(anomaly_map.max())
+            masks = {}
+            if pixel_threshold is not None:
+                masks["predicted"] = resize_map(anomaly_map, decoded.size) > pixel_threshold
+            heatmap_path = out_dir / HEATMAP_FOLDER / f"{start + offset:05d}_{decoded.path.stem}.png"
+            save_png(heatmap_path, overlay_panels(decoded.source_pixels(), anomaly_map, low, high, masks=masks))
             rows.append({
-                "path": str(path), "model": key, "score": float(scores[offset]),
+                "path": str(decoded.path), "model": scorer.model_key, "score": float(scores[offset]),
                 "relative_score": float(scores[offset] / ceiling) if ceiling else float("nan"),
                 "heatmap": str(heatmap_path.relative_to(out_dir)),
             })
     frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
     write_csv_atomic(out_dir / "predictions.csv", frame)
     return frame
+
+
+def predict(
+    run: LoadedRun, images: Sequence[Path], out_dir: Path, *, category: str | None = None,
+    device: torch.device | None = None, batch_size: int | None = None,
+) -> pd.DataFrame:
+    """Score ``images`` with the run's model; write ``heatmaps/*.png`` and ``predictions.csv`` to ``out_dir``."""
+    scorer = checkpoint_scorer(run, category=category, device=device, batch_size=batch_size)
+    return predict_images(scorer, images, out_dir)

@@ -1,8 +1,8 @@
-"""A whole training run in plain Python: data, epochs with progress, evaluation, output files.
+"""A whole training run in plain Python: data, epochs with progress, evaluation, and the run folder.
 
-Run folder contents (each written atomically; ``metrics.json`` is written last and marks a finished run):
-``config.json``, ``checkpoint.pt`` (saved after every epoch, so ``--resume`` continues a killed run),
-``per_category.csv``, ``scores.csv``, ``metrics.json``.
+The run folder's files and their order are :mod:`maae.run_folder`'s: ``config.json`` first, ``checkpoint.pt``
+after every epoch (so ``--resume`` continues a killed run), and at the end the evaluation, with
+``metrics.json`` last marking a finished run.
 """
 
 from __future__ import annotations
@@ -14,19 +14,25 @@ from pathlib import Path
 
 import torch
 
-from maae.checkpoint import CHECKPOINT_FILE, load_state
 from maae.config import MAAEConfig
 from maae.engine import (
     EpochStats,
-    PreparedData,
     ProgressFn,
     TrainingSession,
     default_device,
     prepare_data,
 )
 from maae.errors import MAAEError
-from maae.evaluation import Evaluation, evaluate, normal_score_reference, write_evaluation
-from maae.io import save_torch_atomic, write_json_atomic
+from maae.evaluation import Evaluation, evaluate, normal_score_reference
+from maae.run_folder import (
+    CHECKPOINT_FILE,
+    METRICS_FILE,
+    is_finished,
+    load_checkpoint,
+    save_checkpoint,
+    write_config,
+    write_run,
+)
 
 
 def print_progress(message: str) -> None:
@@ -39,17 +45,6 @@ def format_epoch(stats: EpochStats, total: int, prefix: str = "") -> str:
             f"{stats.images_per_second:.1f} img/s ({stats.seconds:.1f}s)")
 
 
-def run_config_payload(config: MAAEConfig, data: PreparedData) -> dict:
-    return {"config": config.to_dict(), "data_root": str(data.root), "categories": data.categories,
-            "backbone_fingerprint": data.backbone_fingerprint}
-
-
-def save_checkpoint(out_dir: Path, session: TrainingSession, normal_reference: dict | None = None) -> None:
-    state = session.state_dict()
-    state["normal_reference"] = normal_reference or {}
-    save_torch_atomic(Path(out_dir) / CHECKPOINT_FILE, state)
-
-
 def train(
     config: MAAEConfig, data_root: Path, categories: Sequence[str] | None, out_dir: Path, *,
     resume: bool = False, progress: ProgressFn | None = print_progress, device: torch.device | None = None,
@@ -57,19 +52,19 @@ def train(
     """Train (unified or separate, per ``config.paradigm``), evaluate the last epoch, write the run folder."""
     out_dir = Path(out_dir)
     device = device or default_device()
-    if (out_dir / "metrics.json").exists() and not resume:
-        raise MAAEError(f"{out_dir}: already holds a finished run (metrics.json); choose another --out")
+    if is_finished(out_dir) and not resume:
+        raise MAAEError(f"{out_dir}: already holds a finished run ({METRICS_FILE}); choose another --out")
     started = time.perf_counter()
     data = prepare_data(config, data_root, categories, device=device, progress=progress)
     session = TrainingSession(config, data, device=device)
     if resume and (out_dir / CHECKPOINT_FILE).exists():
-        state = load_state(out_dir)
-        if state["config"] != config.to_dict() or state["categories"] != data.categories:
-            raise MAAEError(f"{out_dir / CHECKPOINT_FILE}: --resume with a different config or categories")
-        session.load_state_dict(state)
+        checkpoint = load_checkpoint(out_dir)
+        if not checkpoint.belongs_to(config, data.categories):
+            raise MAAEError(f"{checkpoint.path}: --resume with a different config or categories")
+        session.load_state_dict(checkpoint.state)
         if progress:
             progress(f"resumed at epoch {session.epoch}/{config.epochs}")
-    write_json_atomic(out_dir / "config.json", run_config_payload(config, data))
+    write_config(out_dir, config, data)
     if progress:
         progress(f"training {config.paradigm} MAAE on {len(data.categories)} categories "
                  f"({', '.join(data.categories)}), {config.epochs} epochs, device {device}")
@@ -79,11 +74,12 @@ def train(
         if progress:
             progress(format_epoch(stats, config.epochs))
     train_seconds = time.perf_counter() - started
-    core_models = {key: session.core_model(key) for key in session.models}
-    evaluation = evaluate(core_models, data, config, device=device)
-    reference = normal_score_reference(core_models, data, config, device=device)
-    save_checkpoint(out_dir, session, reference)
-    write_evaluation(out_dir, evaluation, {"epochs": session.epoch, "seconds": round(train_seconds, 2)})
+    # The weights that checkpoint.pt deploys (the moving average when ema_decay is on), so metrics.json
+    # describes exactly what evaluate and predict will load.
+    models = session.evaluation_models()
+    evaluation = evaluate(models, data, config, device=device)
+    reference = normal_score_reference(models, data, config, device=device)
+    write_run(out_dir, session, evaluation, normal_reference=reference, seconds=train_seconds)
     if progress:
         progress(summary_line(evaluation) + f" ({time.perf_counter() - started:.0f}s) -> {out_dir}")
     return evaluation

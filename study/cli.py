@@ -20,9 +20,24 @@ from typing import Any
 
 from maae.config import PRESETS, MAAEConfig, parse_set_arguments
 from maae.errors import EXIT_USAGE, ConfigError, MAAEError
-from maae.metrics import METRIC_NAMES
-from study import cluster
 from study import results as res
+from study.protocol import (
+    BEST_DIR,
+    FAILED,
+    HISTORY_FILE,
+    METRIC_NAMES,
+    PENDING,
+    PER_CATEGORY_FILE,
+    RAY_DIR,
+    REPORT_FILE,
+    RUNNING,
+    STUDY_FILE,
+    STUDY_FINISHED,
+    STUDY_INTERRUPTED,
+    STUDY_RUNNING,
+    TRAIN_RUNS,
+    TRIALS_FILE,
+)
 from study.space import (
     StudySpace,
     as_plain,
@@ -35,20 +50,20 @@ from study.space import (
     study_preset,
     summary,
 )
-from study.stopping import registry_name
+from study.tune import cluster
+from study.tune.settings import DEFAULT_WORKER_RETRIES
+from study.tune.stopping import registry_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_INTERRUPTED = 130
-FEATURE_CACHE_ENV = "MAAE_FEATURE_CACHE"
-DATA_CACHE_ENV = "MAAE_DATA_CACHE"
 SHARED_FEATURE_CACHE = "feature-cache"
 EXAMPLES_PER_CATEGORY = 3
 RESUME_KEYS = ("space", "data_root", "categories", "preset", "fixed")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python study/run.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python study/run.py",
+        prog=prog,
         description="Search MAAE's hyperparameters with Optuna (TPE) and ASHA under Ray Tune; each trial is a "
                     "Ray Train TorchTrainer run. Results go to <results>/<name>/.")
     parser.add_argument("--space", required=True, help="search space YAML (see search_spaces/README.md)")
@@ -71,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most trials at once (default: as many as the cluster fits)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all of this machine)")
     parser.add_argument("--seed", type=int, default=0, help="seed of Optuna's TPE sampler")
-    parser.add_argument("--worker-retries", type=int, default=2,
+    parser.add_argument("--worker-retries", type=int, default=DEFAULT_WORKER_RETRIES,
                         help="restarts of a trial's workers after a worker process died")
     parser.add_argument("--resume", action="store_true",
                         help="continue the study <results>/<name> after it was interrupted or killed")
@@ -100,8 +115,9 @@ class Plan:
     env_vars: dict[str, str]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, prog: str = "python study/run.py") -> int:
+    """The study's command line; returns the exit code (2 with one line on stderr for bad input)."""
+    args = build_parser(prog).parse_args(argv)
     try:
         plan = validate(args)
         return run(plan)
@@ -146,7 +162,7 @@ def validate(args: argparse.Namespace) -> Plan:
 
     categories = resolve_categories(data_root, categories_requested)
     storage = args.storage.rstrip("/") if args.storage else None
-    ray_storage = f"{storage}/{space.name}" if storage else str(results_dir / res.RAY_DIR)
+    ray_storage = f"{storage}/{space.name}" if storage else str(results_dir / RAY_DIR)
     plan = Plan(args=args, space=space, preset=study_preset(space, args.preset), base=base, fixed=fixed,
                 hyper_columns=hyperparameter_columns(space, fixed), results_dir=results_dir,
                 data_root=data_root.resolve(), categories=categories, shape=shape, address=address,
@@ -178,9 +194,9 @@ def _data_root(path: str | None) -> Path:
 
 
 def _check_results_dir(results_dir: Path, resume: bool) -> None:
-    study_file = results_dir / res.STUDY_FILE
+    study_file = results_dir / STUDY_FILE
     if resume and not study_file.is_file():
-        raise ConfigError(f"--resume: {results_dir} holds no study to resume (no {res.STUDY_FILE}); "
+        raise ConfigError(f"--resume: {results_dir} holds no study to resume (no {STUDY_FILE}); "
                           "run without --resume to start it")
     if not resume and results_dir.exists() and any(results_dir.iterdir()):
         raise ConfigError(f"--name: {results_dir} already holds a study; pass --resume to continue it, or "
@@ -190,7 +206,7 @@ def _check_results_dir(results_dir: Path, resume: bool) -> None:
 def _check_resume(plan: Plan) -> None:
     import json
 
-    study_file = plan.results_dir / res.STUDY_FILE
+    study_file = plan.results_dir / STUDY_FILE
     try:
         before = json.loads(study_file.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -219,6 +235,9 @@ def study_environment(*, local: bool, storage: str | None = None) -> dict[str, s
     """Environment of every Ray process of a study (and of the study's own process): Ray settings, the
     shared feature cache (on ``--storage`` when it is a path and ``MAAE_FEATURE_CACHE`` is not set), the
     data cache, and the repository on ``PYTHONPATH``."""
+    from maae.features import FEATURE_CACHE_ENV
+    from maae.synthetic import DATA_CACHE_ENV
+
     env = dict(cluster.STUDY_ENV)
     if local:
         env.update(cluster.LOCAL_ENV)
@@ -267,6 +286,7 @@ def run(plan: Plan) -> int:
 def warm_feature_cache(plan: Plan) -> None:
     """Compute the frozen-backbone features once, before any trial (trials then only open memory maps)."""
     from maae.engine import default_device, prepare_data
+    from maae.features import FEATURE_CACHE_ENV
     from maae.training import print_progress
 
     started = time.perf_counter()
@@ -279,17 +299,19 @@ def warm_feature_cache(plan: Plan) -> None:
 
 
 def run_study(plan: Plan, concurrent: int) -> int:
-    from study import driver
+    from study.tune import driver
+    from study.tune.callback import RecorderSettings
+    from study.tune.settings import TrialSettings
 
     space = plan.space
-    trial_settings = driver.TrialSettings(
-        base_config=plan.base.to_dict(), data_root=str(plan.data_root), categories=tuple(plan.categories),
+    trial_settings = TrialSettings(
+        base_config=plan.base, data_root=str(plan.data_root), categories=tuple(plan.categories),
         eval_every=space.eval_every, workers=plan.shape.workers, cpus_per_worker=plan.shape.cpus,
-        gpus_per_worker=plan.shape.gpus, train_storage=f"{plan.ray_storage}/{driver.TRAIN_RUNS}",
+        gpus_per_worker=plan.shape.gpus, train_storage=f"{plan.ray_storage}/{TRAIN_RUNS}",
         stop_registry=registry_name(str(plan.results_dir)), worker_retries=plan.args.worker_retries)
-    recorder_settings = driver.RecorderSettings(
+    recorder_settings = RecorderSettings(
         results_dir=str(plan.results_dir), metric=space.metric, mode=space.mode,
-        base_config=plan.base.to_dict(), hyper_columns=tuple(plan.hyper_columns),
+        base_config=plan.base, hyper_columns=tuple(plan.hyper_columns),
         total_trials=space.total_trials)
     tuner_plan = driver.TunerPlan(space=space, base=plan.base, trial_settings=trial_settings,
                                   recorder_settings=recorder_settings, ray_storage=plan.ray_storage,
@@ -321,7 +343,7 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 def study_payload(plan: Plan) -> dict[str, Any]:
     space = plan.space
     previous: dict[str, Any] = {}
-    study_file = plan.results_dir / res.STUDY_FILE
+    study_file = plan.results_dir / STUDY_FILE
     if plan.args.resume and study_file.is_file():
         import json
 
@@ -334,7 +356,7 @@ def study_payload(plan: Plan) -> dict[str, Any]:
         "metrics": list(space.metrics), "modes": list(space.modes), "kind": space.kind,
         "searched": list(space.searched), "fixed": identity["fixed"], "versions": res.versions(),
         "git_commit": res.git_commit(REPO_ROOT), "started_at": previous.get("started_at") or res.now_iso(),
-        "ended_at": None, "status": res.STUDY_RUNNING, "num_samples": space.num_samples,
+        "ended_at": None, "status": STUDY_RUNNING, "num_samples": space.num_samples,
         "total_trials": space.total_trials, "best_trial_id": previous.get("best_trial_id"),
         "workers_per_trial": plan.shape.workers, "ray_storage": plan.ray_storage,
         "base_config": as_plain(plan.base.to_dict()),
@@ -346,16 +368,16 @@ def finish(plan: Plan, study: dict[str, Any], interrupted: bool) -> int:
     recorder = res.StudyRecorder(plan.results_dir, metric=plan.space.metric, mode=plan.space.mode,
                                  hyper_columns=plan.hyper_columns, hyper_values=lambda params: dict(params))
     recorder.load_existing()
-    unfinished = [r for r in recorder.trials.values() if r.status in (res.RUNNING, res.PENDING)]
+    unfinished = [r for r in recorder.trials.values() if r.status in (RUNNING, PENDING)]
     interrupted = interrupted or bool(unfinished) or len(recorder.trials) < plan.space.total_trials
     best = recorder.best()
-    best_dir = plan.results_dir / res.BEST_DIR
+    best_dir = plan.results_dir / BEST_DIR
     if best is not None and best_dir.is_dir() and not plan.args.no_examples and not interrupted:
         write_examples_safely(best_dir, plan.data_root)
     study.update(ended_at=res.now_iso(), best_trial_id=best.trial_id if best else None,
-                 status=res.STUDY_INTERRUPTED if interrupted else res.STUDY_FINISHED)
+                 status=STUDY_INTERRUPTED if interrupted else STUDY_FINISHED)
     res.write_study_json(plan.results_dir, study)
-    from study.driver import write_report_safely
+    from study.tune.callback import write_report_safely
 
     write_report_safely(plan.results_dir, False)
     print_summary(plan, recorder, best)
@@ -367,11 +389,9 @@ def finish(plan: Plan, study: dict[str, Any], interrupted: bool) -> int:
 
 
 def write_examples_safely(best_dir: Path, data_root: Path) -> None:
-    try:
-        from maae.examples import write_examples
-    except ImportError as err:  # TODO(lead): maae.examples is part of maae; drop this guard once it is final
-        say(f"warning: no example pictures (maae.examples unavailable: {err})")
-        return
+    """Example heatmaps of the best trial in ``best/examples``; a failure is a warning, not a failed study."""
+    from maae.examples import write_examples
+
     try:
         write_examples(best_dir, data_root, best_dir / "examples", per_category=EXAMPLES_PER_CATEGORY)
     except Exception as err:  # noqa: BLE001 - pictures are a bonus; the study's numbers are already saved
@@ -382,7 +402,7 @@ def print_summary(plan: Plan, recorder: res.StudyRecorder, best: res.TrialRecord
     counts = recorder.counts()
     say("trials: " + ", ".join(f"{count} {status}" for status, count in counts.items() if count))
     for record in recorder.trials.values():
-        if record.status == res.FAILED:
+        if record.status == FAILED:
             say(f"  failed {record.trial_id}: {record.error}")
     if best is None:
         print(f"no completed trial with a {plan.space.metric}; results in {plan.results_dir}")
@@ -393,9 +413,9 @@ def print_summary(plan: Plan, recorder: res.StudyRecorder, best: res.TrialRecord
     rows = [[category, *[values.get(m) for m in METRIC_NAMES]] for category, values in best.per_category.items()]
     rows.append(["mean", *[best.means.get(m) for m in METRIC_NAMES]])
     print(res.table(rows, ["category", *METRIC_NAMES]))
-    print(f"\nresults: {plan.results_dir}  (study.json, trials.csv, per_category.csv, history.csv, best/, "
-          f"report.html)")
-    print(f"predict: python -m maae predict --checkpoint {plan.results_dir / res.BEST_DIR} IMAGE --out OUT")
+    files = ", ".join((STUDY_FILE, TRIALS_FILE, PER_CATEGORY_FILE, HISTORY_FILE, f"{BEST_DIR}/", REPORT_FILE))
+    print(f"\nresults: {plan.results_dir}  ({files})")
+    print(f"predict: python -m maae predict --checkpoint {plan.results_dir / BEST_DIR} IMAGE --out OUT")
 
 
 def say(message: str) -> None:

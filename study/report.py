@@ -1,130 +1,16 @@
-"""The interactive comparison report of one or several studies: ``report.html`` plus ``comparison.md``.
+"""The study report's command line: ``python study/report.py results/<name> [results/<other> ...] [--out FILE]``.
 
-Usage (from the repository root)::
-
-    python study/report.py results/<name> [results/<other> ...] [--out FILE]
-
-One study writes ``results/<name>/report.html`` and ``comparison.md`` beside it. Several studies write one
-comparison across them, by default ``comparison.html`` and ``comparison-studies.md`` in the first study's
-folder. The HTML is self-contained (plotly.js inlined, pictures as data URIs) and opens offline. The study
-runner calls :func:`write_report` at the end of every study and while it runs, so everything here works on
-partial results. The CSVs are only read, never written.
+A thin script around :func:`study.report.main`, the package ``study/report/`` (also ``python -m study report``
+and the console script ``maae-study report``). As a file beside that package, this script is only ever run,
+never imported: ``import study.report`` finds the package. It imports the installed ``study`` package
+(``pip install -e .``, which ``scripts/setup.sh`` does), so it patches no ``sys.path``.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
-from collections.abc import Sequence
-from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: import from the repository root, not from study/ itself
-    _SCRIPT_DIR = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if str(Path(p or ".").resolve()) != _SCRIPT_DIR]
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from maae.errors import EXIT_USAGE, MAAEError  # noqa: E402
-from maae.io import write_text_atomic  # noqa: E402
-from study.aggregate import BestTrial, StudyResults, best_trial, load_results  # noqa: E402
-from study.report_html import Page, note  # noqa: E402
-from study.report_markdown import comparison_markdown, study_markdown  # noqa: E402
-from study.report_sections import (  # noqa: E402
-    ablation_section,
-    overview_section,
-    paper_section,
-    per_category_section,
-    pictures_section,
-    search_section,
-    summary_section,
-    trials_section,
-)
-
-SINGLE_REPORT_NAME = "report.html"
-SINGLE_MARKDOWN_NAME = "comparison.md"
-SEVERAL_REPORT_NAME = "comparison.html"
-SEVERAL_MARKDOWN_NAME = "comparison-studies.md"
-SINGLE_NAVIGATION = (("summary", "Summary"), ("per-category", "Per category"), ("search", "Search"),
-                     ("trials", "Trials"), ("ablation", "Ablation"), ("paper", "Against the paper"),
-                     ("pictures", "Pictures"))
-
-
-def default_output(results_dir: Path, several: bool) -> Path:
-    """``<first study>/report.html`` for one study, ``<first study>/comparison.html`` for several."""
-    return Path(results_dir) / (SEVERAL_REPORT_NAME if several else SINGLE_REPORT_NAME)
-
-
-def markdown_output(out: Path, several: bool) -> Path:
-    """The Markdown beside the HTML: ``comparison.md`` next to a ``report.html`` (the results format's name),
-    ``comparison-studies.md`` next to a default ``comparison.html``, else the HTML's name with ``.md``."""
-    if not several and out.name == SINGLE_REPORT_NAME:
-        return out.with_name(SINGLE_MARKDOWN_NAME)
-    if several and out.name == SEVERAL_REPORT_NAME:
-        return out.with_name(SEVERAL_MARKDOWN_NAME)
-    return out.with_suffix(".md")
-
-
-def single_study_html(results: StudyResults, best: BestTrial | None) -> str:
-    page = Page(f"Study {results.name}: MAAE report")
-    body = "\n".join([
-        summary_section(results, best),
-        per_category_section(page, results, best),
-        search_section(page, results),
-        trials_section(results),
-        ablation_section(page, results),
-        paper_section(page, results, best),
-        pictures_section(page, results, best),
-    ])
-    return page.render(body, SINGLE_NAVIGATION)
-
-
-def several_studies_html(studies: Sequence[tuple[StudyResults, BestTrial | None]]) -> str:
-    names = [results.name for results, _ in studies]
-    page = Page(f"Comparison of studies: {', '.join(names)}")
-    parts = [overview_section(page, studies)]
-    navigation = [("overview", "Studies compared")]
-    for index, (results, best) in enumerate(studies):
-        anchor = f"summary-{index}"
-        parts.append(summary_section(results, best, anchor=anchor))
-        navigation.append((anchor, results.name))
-    parts.append(note(f"Each study's own full report: python study/report.py <its folder> writes "
-                      f"{SINGLE_REPORT_NAME} there (the study runner does so at the end of every study)."))
-    body = "\n".join(parts)
-    return page.render(body, navigation)
-
-
-def write_report(results_dir: Path, others: Sequence[Path] = (), out: Path | None = None) -> Path:
-    """Write the HTML report (and its Markdown beside it) and return the HTML's path.
-
-    ``results_dir`` alone: that study's report (default ``results_dir/report.html``). With ``others``: one
-    comparison across all of them (default ``results_dir/comparison.html``). Raises :class:`DataError` when a
-    folder is not a study folder.
-    """
-    folders = [Path(results_dir), *[Path(o) for o in others]]
-    studies = [(results, best_trial(results)) for results in (load_results(f) for f in folders)]
-    several = len(studies) > 1
-    out = Path(out) if out is not None else default_output(folders[0], several)
-    if several:
-        html_text, markdown = several_studies_html(studies), comparison_markdown(studies)
-    else:
-        html_text, markdown = single_study_html(*studies[0]), study_markdown(*studies[0])
-    write_text_atomic(out, html_text)
-    write_text_atomic(markdown_output(out, several), markdown)
-    return out
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="study/report.py", description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", type=Path, help="study results folder(s), e.g. results/ang")
-    parser.add_argument("--out", type=Path, default=None, help="HTML file to write (default: see above)")
-    args = parser.parse_args(argv)
-    try:
-        path = write_report(args.results[0], args.results[1:], args.out)
-    except MAAEError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_USAGE
-    print(path)
-    return 0
-
+from study.report import main
 
 if __name__ == "__main__":
     sys.exit(main())

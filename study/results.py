@@ -1,7 +1,7 @@
 """A study's results folder (``docs/results-format.md``): trial rows, per-category and per-epoch tables,
 ``study.json``, and the best trial's run folder. Every file is written atomically.
 
-:class:`StudyRecorder` knows nothing of Ray: the Tune callback in :mod:`study.driver` hands it plain
+:class:`StudyRecorder` knows nothing of Ray: the Tune callback in :mod:`study.tune.callback` hands it plain
 :class:`TrialSnapshot` values and each reported result. It keeps what it has seen, and reads back what an
 earlier (killed) run of the same study wrote, so ``--resume`` continues the tables instead of starting over.
 """
@@ -24,8 +24,22 @@ from typing import Any
 import pandas as pd
 
 from maae.io import write_csv_atomic, write_json_atomic
-from maae.metrics import METRIC_NAMES
-from study.worker import (
+from study.protocol import (
+    CATEGORY,
+    CHECKPOINT_PATH_KEY,
+    COMPLETED,
+    EPOCH,
+    EPOCHS_DONE,
+    ERROR,
+    FAILED,
+    HISTORY_COLUMNS,
+    HISTORY_FILE,
+    LOSS,
+    METRIC_NAMES,
+    MODE_MAX,
+    PENDING,
+    PER_CATEGORY_COLUMNS,
+    PER_CATEGORY_FILE,
     RESULT_EPOCH,
     RESULT_EPOCHS,
     RESULT_ERROR,
@@ -34,35 +48,21 @@ from study.worker import (
     RESULT_LOSS,
     RESULT_PER_CATEGORY,
     RESULT_STOPPED,
+    RUNNING,
+    SECONDS,
+    STATUS,
+    STATUSES,
+    STOPPED,
+    STUDY_FILE,
+    TRIAL_ID,
+    TRIAL_RESULT_COLUMNS,
+    TRIALS_FILE,
+    TUNE_ERROR,
+    TUNE_PENDING,
+    TUNE_RUNNING,
+    TUNE_TERMINATED,
+    TUNE_TIME_TOTAL,
 )
-
-STUDY_FILE = "study.json"
-TRIALS_FILE = "trials.csv"
-PER_CATEGORY_FILE = "per_category.csv"
-HISTORY_FILE = "history.csv"
-BEST_DIR = "best"
-RAY_DIR = "ray"
-
-COMPLETED = "completed"
-STOPPED = "stopped"
-FAILED = "failed"
-RUNNING = "running"
-PENDING = "pending"
-STATUSES = (COMPLETED, STOPPED, FAILED, RUNNING, PENDING)
-
-STUDY_RUNNING = "running"
-STUDY_FINISHED = "finished"
-STUDY_INTERRUPTED = "interrupted"
-
-TRIAL_RESULT_COLUMNS = (*METRIC_NAMES, "loss", "epochs_done", "seconds", "error")
-PER_CATEGORY_COLUMNS = ("trial_id", "category", *METRIC_NAMES)
-HISTORY_COLUMNS = ("trial_id", "epoch", "loss", *METRIC_NAMES)
-# Tune's trial states, and the result keys Tune adds, that the recorder reads.
-TUNE_RUNNING = "RUNNING"
-TUNE_TERMINATED = "TERMINATED"
-TUNE_ERROR = "ERROR"
-TUNE_TIME_TOTAL = "time_total_s"
-CHECKPOINT_PATH_KEY = "checkpoint_path"
 
 
 @dataclass
@@ -82,7 +82,7 @@ class TrialRecord:
 
     trial_id: str
     params: dict[str, Any] = field(default_factory=dict)
-    tune_status: str = "PENDING"
+    tune_status: str = TUNE_PENDING
     history: dict[int, dict[str, Any]] = field(default_factory=dict)
     means: dict[str, float] = field(default_factory=dict)
     per_category: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -94,6 +94,9 @@ class TrialRecord:
     final: bool = False
     stopped: bool = False  # the trial ended early at the scheduler's request (ASHA)
     checkpoint_path: str | None = None
+    # The raw parameters ``params`` was derived from: a trial's hyperparameter values are derived once per
+    # distinct set of parameters, not on every Tune event.
+    raw_params: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def status(self) -> str:
@@ -134,8 +137,9 @@ class StudyRecorder:
         """Update a trial's status, parameters and (for Tune errors) its error message."""
         record = self.record(snapshot.trial_id)
         record.tune_status = snapshot.tune_status
-        if snapshot.params:
+        if snapshot.params and snapshot.params != record.raw_params:
             record.params = self._hyper(snapshot.params)
+            record.raw_params = dict(snapshot.params)
         if snapshot.tune_status == TUNE_ERROR and not record.error:
             record.error = snapshot.error or "trial raised an error (see Ray's error.txt under ray/)"
         if snapshot.last_result and TUNE_TIME_TOTAL in snapshot.last_result:
@@ -165,7 +169,7 @@ class StudyRecorder:
             return
         epoch = int(result[RESULT_EPOCH])
         record.epochs_done = max(record.epochs_done, epoch)
-        row: dict[str, Any] = {"trial_id": trial_id, "epoch": epoch, "loss": _number(result.get(RESULT_LOSS))}
+        row: dict[str, Any] = {TRIAL_ID: trial_id, EPOCH: epoch, LOSS: _number(result.get(RESULT_LOSS))}
         if result.get(RESULT_LOSS) is not None:
             record.loss = _number(result[RESULT_LOSS])
         if result.get(RESULT_EVALUATED):
@@ -190,16 +194,16 @@ class StudyRecorder:
     def trials_frame(self) -> pd.DataFrame:
         rows = []
         for record in self.trials.values():
-            row: dict[str, Any] = {"trial_id": record.trial_id, "status": record.status}
+            row: dict[str, Any] = {TRIAL_ID: record.trial_id, STATUS: record.status}
             row.update({name: record.params.get(name) for name in self.hyper_columns})
             row.update({name: record.means.get(name) for name in METRIC_NAMES})
-            row.update({"loss": record.loss, "epochs_done": record.epochs_done, "seconds": _round(record.seconds),
-                        "error": record.error or ""})
+            row.update({LOSS: record.loss, EPOCHS_DONE: record.epochs_done, SECONDS: _round(record.seconds),
+                        ERROR: record.error or ""})
             rows.append(row)
-        return pd.DataFrame(rows, columns=["trial_id", "status", *self.hyper_columns, *TRIAL_RESULT_COLUMNS])
+        return pd.DataFrame(rows, columns=[TRIAL_ID, STATUS, *self.hyper_columns, *TRIAL_RESULT_COLUMNS])
 
     def per_category_frame(self) -> pd.DataFrame:
-        rows = [{"trial_id": record.trial_id, "category": category, **values}
+        rows = [{TRIAL_ID: record.trial_id, CATEGORY: category, **values}
                 for record in self.trials.values() for category, values in record.per_category.items()]
         return pd.DataFrame(rows, columns=list(PER_CATEGORY_COLUMNS))
 
@@ -220,7 +224,7 @@ class StudyRecorder:
                       if r.status == COMPLETED and _finite(r.means.get(self.metric))]
         if not candidates:
             return None
-        sign = 1.0 if self.mode == "max" else -1.0
+        sign = 1.0 if self.mode == MODE_MAX else -1.0
         return max(candidates, key=lambda r: sign * float(r.means[self.metric]))
 
     def counts(self) -> dict[str, int]:
@@ -234,26 +238,26 @@ class StudyRecorder:
         """Read the tables an earlier run of this study wrote (for ``--resume``)."""
         trials = _read(self.results_dir / TRIALS_FILE)
         for row in trials.to_dict("records"):
-            record = self.record(str(row["trial_id"]))
+            record = self.record(str(row[TRIAL_ID]))
             record.params = {name: _clean(row.get(name)) for name in self.hyper_columns}
             record.means = {name: _number(row.get(name)) for name in METRIC_NAMES}
-            record.loss = _number(row.get("loss"))
-            record.epochs_done = int(_number(row.get("epochs_done")) or 0)
-            record.seconds = _number(row.get("seconds"))
-            error = row.get("error")
+            record.loss = _number(row.get(LOSS))
+            record.epochs_done = int(_number(row.get(EPOCHS_DONE)) or 0)
+            record.seconds = _number(row.get(SECONDS))
+            error = row.get(ERROR)
             record.error = str(error) if isinstance(error, str) and error else None
-            status = str(row.get("status"))
+            status = str(row.get(STATUS))
             record.final = status == COMPLETED
             record.stopped = status == STOPPED
-            record.tune_status = {COMPLETED: TUNE_TERMINATED, STOPPED: TUNE_TERMINATED}.get(status, "PENDING")
+            record.tune_status = {COMPLETED: TUNE_TERMINATED, STOPPED: TUNE_TERMINATED}.get(status, TUNE_PENDING)
         for row in _read(self.results_dir / PER_CATEGORY_FILE).to_dict("records"):
-            record = self.record(str(row["trial_id"]))
-            record.per_category[str(row["category"])] = {name: _number(row.get(name)) for name in METRIC_NAMES}
+            record = self.record(str(row[TRIAL_ID]))
+            record.per_category[str(row[CATEGORY])] = {name: _number(row.get(name)) for name in METRIC_NAMES}
         for row in _read(self.results_dir / HISTORY_FILE).to_dict("records"):
-            record = self.record(str(row["trial_id"]))
-            epoch = int(row["epoch"])
+            record = self.record(str(row[TRIAL_ID]))
+            epoch = int(row[EPOCH])
             record.history[epoch] = {k: v for k, v in
-                                     {"trial_id": record.trial_id, "epoch": epoch,
+                                     {TRIAL_ID: record.trial_id, EPOCH: epoch,
                                       **{c: _number(row.get(c)) for c in HISTORY_COLUMNS[2:]}}.items()
                                      if v is not None}
 
@@ -334,7 +338,7 @@ def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, dtype={"trial_id": str, "error": str, "category": str})
+        return pd.read_csv(path, dtype={TRIAL_ID: str, ERROR: str, CATEGORY: str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 

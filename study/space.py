@@ -15,6 +15,7 @@ Two kinds of study come out of a file:
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -25,11 +26,16 @@ from typing import Any
 
 from maae.config import PRESETS, MAAEConfig, preset
 from maae.errors import ConfigError
-from maae.metrics import METRIC_NAMES
+from study.protocol import (
+    DEFAULT_METRIC,
+    DEFAULT_MODE,
+    KIND_GRID,
+    KIND_SEARCH,
+    METRIC_NAMES,
+    MODES,
+    SEED_COLUMN,
+)
 
-KIND_SEARCH = "search"
-KIND_GRID = "grid"
-MODES = ("max", "min")
 PARAM_FLOAT = "float"
 PARAM_INT = "int"
 PARAM_CATEGORICAL = "categorical"
@@ -38,8 +44,6 @@ SCHEDULER_ASHA = "asha"
 SCHEDULER_NONE = "none"
 SCHEDULERS = (SCHEDULER_ASHA, SCHEDULER_NONE)
 
-DEFAULT_METRIC = "image_auroc"
-DEFAULT_MODE = "max"
 DEFAULT_SEARCH_SAMPLES = 8
 DEFAULT_GRID_REPEATS = 1
 DEFAULT_PRESET = "quick"
@@ -56,8 +60,10 @@ TOP_LEVEL_KEYS = ("name", "description", "metric", "mode", "num_samples", "prese
                   "scheduler", "eval_every")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
-# The field named in a MAAEConfig validation message ("field 'depth' expects ...").
-_FIELD_IN_MESSAGE = re.compile(r"field '([A-Za-z_]+)'")
+# Where a trial's configuration comes from, in its error messages (see :func:`trial_config`).
+TRIAL_SOURCE = "trial parameters"
+# The fields the frozen-backbone features depend on (one feature cache per combination).
+FEATURE_FIELDS = ("backbone", "backbone_weights", "image_size")
 
 
 @dataclass(frozen=True)
@@ -151,13 +157,7 @@ class StudySpace:
             if num_samples < 1:
                 raise ConfigError(f"--num-samples: expected an integer >= 1, got {num_samples}")
             changes["num_samples"] = num_samples
-        return _replace(self, **changes)
-
-
-def _replace(space: StudySpace, **changes: Any) -> StudySpace:
-    values = {f.name: getattr(space, f.name) for f in fields(space)}
-    values.update(changes)
-    return StudySpace(**values)
+        return dataclasses.replace(self, **changes)
 
 
 # ------------------------------------------------------------------------------------------ loading ---
@@ -284,10 +284,8 @@ def _coerce_value(name: str, value: Any, where: str) -> Any:
     try:
         return MAAEConfig.from_dict({name: value}, source=where).to_dict()[name]
     except ConfigError as err:
-        message = str(err)
-        field_named = _FIELD_IN_MESSAGE.search(message)
         # Only a problem of this very field; a clash with another field's default is judged per trial.
-        if field_named is None or field_named.group(1) == name:
+        if err.field is None or err.field == name:
             raise
         return _coerce_type_only(name, value, where)
 
@@ -438,13 +436,8 @@ def base_config(space: StudySpace, *, preset_name: str | None = None,
         if name in space.searched:
             raise ConfigError(f"--set {name}: {name} is varied by {space.path}; expected a field it does "
                               "not search")
-    chosen = preset_name or space.preset or DEFAULT_PRESET
-    values = preset(chosen).to_dict()
-    values.update(space.fixed)
-    config = MAAEConfig.from_dict(values, source=f"{space.path}: fixed")
-    if overrides:
-        config = MAAEConfig.from_dict({**config.to_dict(), **overrides}, source="--set")
-    return config
+    config = preset(study_preset(space, preset_name)).replace(f"{space.path}: fixed", **space.fixed)
+    return config.replace("--set", **overrides) if overrides else config
 
 
 def study_preset(space: StudySpace, preset_name: str | None) -> str:
@@ -452,8 +445,11 @@ def study_preset(space: StudySpace, preset_name: str | None) -> str:
 
 
 def trial_config(base: MAAEConfig, params: Mapping[str, Any]) -> MAAEConfig:
-    """The configuration of one trial: ``base`` with the trial's sampled ``params`` (validated together)."""
-    return MAAEConfig.from_dict({**base.to_dict(), **dict(params)}, source="trial parameters")
+    """The configuration of one trial: ``base`` with the trial's sampled ``params`` (validated together).
+
+    Only :meth:`MAAEConfig.replace` merges; this names the source its error messages show.
+    """
+    return base.replace(TRIAL_SOURCE, **params)
 
 
 def check_against_base(space: StudySpace, base: MAAEConfig) -> None:
@@ -477,8 +473,7 @@ def check_against_base(space: StudySpace, base: MAAEConfig) -> None:
         try:
             trial_config(base, {name: value})
         except ConfigError as err:
-            named = _FIELD_IN_MESSAGE.search(str(err))
-            other = named.group(1) if named else None
+            other = err.field
             if other is None or other == name or other not in searched:
                 detail = str(err).split(": ", 1)[-1]
                 raise ConfigError(f"{where}: {value!r} is not a valid value ({detail})") from None
@@ -493,8 +488,8 @@ def study_overrides(space: StudySpace, cli_overrides: Mapping[str, Any], base: M
 def hyperparameter_columns(space: StudySpace, fixed: Mapping[str, Any]) -> list[str]:
     """The hyperparameter columns of ``trials.csv``: searched, then fixed, then ``seed`` (always)."""
     columns = list(space.searched) + [name for name in fixed if name not in space.searched]
-    if "seed" not in columns:
-        columns.append("seed")
+    if SEED_COLUMN not in columns:
+        columns.append(SEED_COLUMN)
     return columns
 
 
@@ -504,13 +499,12 @@ def feature_variants(space: StudySpace, base: MAAEConfig) -> list[MAAEConfig]:
     Features depend on the backbone, its weights and the image size. Varied as choices or grid values they
     are all warmed; varied as a numeric range they are computed by the first trial that needs them.
     """
-    keys = ("backbone", "backbone_weights", "image_size")
     axes: dict[str, tuple[Any, ...]] = {}
     for param in space.search:
-        if param.name in keys and param.type == PARAM_CATEGORICAL:
+        if param.name in FEATURE_FIELDS and param.type == PARAM_CATEGORICAL:
             axes[param.name] = param.choices
     for name, values in space.grid.items():
-        if name in keys:
+        if name in FEATURE_FIELDS:
             axes[name] = values
     variants = []
     names = list(axes)
@@ -539,6 +533,19 @@ def optuna_distributions(space: StudySpace) -> dict[str, Any]:
             distributions[param.name] = FloatDistribution(float(param.low), float(param.high), log=param.log,
                                                           step=param.step)
     return distributions
+
+
+def stated_distributions(space: StudySpace) -> dict[str, Any]:
+    """Every parameter the space varies as an Optuna distribution: the search's ranges and choices
+    (:func:`optuna_distributions`), or each grid axis as a categorical over its values.
+
+    The report rebuilds an Optuna study from a finished study's ``trials.csv`` with these.
+    """
+    if space.kind == KIND_SEARCH:
+        return optuna_distributions(space)
+    from optuna.distributions import CategoricalDistribution
+
+    return {name: CategoricalDistribution(list(values)) for name, values in space.grid.items()}
 
 
 def grid_param_space(space: StudySpace) -> dict[str, Any]:
@@ -589,6 +596,7 @@ __all__ = [
     "load_space",
     "optuna_distributions",
     "parse_space",
+    "stated_distributions",
     "study_overrides",
     "study_preset",
     "summary",

@@ -1,0 +1,159 @@
+"""The study's Tuner: one Tune trial = one Ray Train ``TorchTrainer`` run of MAAE workers.
+
+Ray Train V2 (the default in ray 2.60) is not a Tune trainable itself: each trial is a small Tune *function*
+(:func:`study.tune.trial.run_trial`, the trial's driver) that builds and fits a ``TorchTrainer`` whose
+workers run :func:`study.tune.train_loop.train_loop_per_worker`. ``TuneReportCallback`` turns every report of
+rank 0 into one Tune result, so ASHA and Optuna see per-epoch metrics, and
+:class:`study.tune.callback.StudyCallback` turns Tune's events into the results tables of
+:mod:`study.results` while the study runs. This module builds (or restores) the Tuner: the searcher
+(Optuna's TPE, told about failed and stopped trials), the scheduler (ASHA whose stops are requests, see
+:mod:`study.tune.stopping`) and the trainable with its resources.
+
+Fault tolerance, in layers:
+- a worker process that dies: Ray Train restarts the worker group from the trial's last checkpoint
+  (``ray.train.FailureConfig(max_failures=worker_retries)``);
+- a trial whose training raises (NaN loss, a setting only invalid at run time): the worker reports the error
+  as the trial's last result and the trial ends normally, recorded as ``failed``; nothing retries it;
+- Train's controller cannot place the workers: ``controller_failure_limit`` makes it fail instead of waiting
+  forever (the command line also refuses such a study up front);
+- the study's driver is killed: ``Tuner.restore`` continues unfinished trials, each from its Train run's
+  last checkpoint (Train runs are named after the trial, so a restarted trial finds its own run), and keeps
+  finished ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from maae.config import MAAEConfig
+from study.protocol import KIND_SEARCH, RESULT_EPOCH, RESULT_ERROR, RESULT_STOPPED, TUNE_EXPERIMENT
+from study.space import SCHEDULER_ASHA, StudySpace, grid_param_space, optuna_distributions
+from study.tune.callback import RecorderSettings, StudyCallback, is_finite
+from study.tune.cluster import TRIAL_DRIVER_MEMORY_BYTES
+from study.tune.settings import TrialSettings
+from study.tune.stopping import request_stop
+from study.tune.trial import run_trial
+
+# Tune reuses a trial driver's process for the next trial (saving a process start and Ray Train's imports per
+# trial). That is safe only because Tune never stops a running trial here (see GracefulASHA): a function
+# trainable stopped mid-run cannot be reset, and its Train run would keep its CPUs (a hang).
+REUSE_TRIAL_ACTORS = True
+
+
+class GuardedOptunaSearch(OptunaSearch):
+    """OptunaSearch that skips results without the metric (loss-only epochs, failure reports) and tells
+    Optuna that a trial which reported an error failed."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(is_finite(result.get(m)) for m in metrics):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        failed = error or bool(result and result.get(RESULT_ERROR))
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        usable = result if result and all(is_finite(result.get(m)) for m in metrics) else None
+        if result and result.get(RESULT_STOPPED):
+            usable = None  # stopped early: Optuna records it as pruned
+        super().on_trial_complete(trial_id, result=usable, error=failed)
+
+
+class GracefulASHA(AsyncHyperBandScheduler):
+    """ASHA whose STOP verdicts become requests that the trial honours after its current epoch
+    (see :mod:`study.tune.stopping`: Tune killing a running Train run leaks its resources in ray 2.60).
+
+    ``stop_last_trials`` is off: a trial that reaches ``max_t`` ends by itself when its epochs are done.
+    """
+
+    def __init__(self, registry: str, **asha_options: Any) -> None:
+        super().__init__(stop_last_trials=False, **asha_options)
+        self.registry = registry
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        decision = super().on_trial_result(tune_controller, trial, result)
+        if decision == TrialScheduler.STOP:
+            request_stop(self.registry, trial.trial_id)
+            return TrialScheduler.CONTINUE
+        return decision
+
+
+# ---------------------------------------------------------------------------------------- tuner ---
+
+@dataclass(frozen=True)
+class TunerPlan:
+    """Everything needed to build (or restore) the Tuner of one study."""
+
+    space: StudySpace
+    base: MAAEConfig
+    trial_settings: TrialSettings
+    recorder_settings: RecorderSettings
+    ray_storage: str
+    max_concurrent: int
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def experiment_path(self) -> str:
+        return f"{self.ray_storage.rstrip('/')}/{TUNE_EXPERIMENT}"
+
+
+def trainable(plan: TunerPlan) -> Any:
+    with_settings = tune.with_parameters(run_trial, settings=plan.trial_settings)
+    return tune.with_resources(with_settings, {"memory": TRIAL_DRIVER_MEMORY_BYTES})
+
+
+def max_epochs(space: StudySpace, base: MAAEConfig) -> int:
+    """The most epochs any trial trains (ASHA's ``max_t``)."""
+    for param in space.search:
+        if param.name == "epochs":
+            return int(max(param.choices) if param.choices else param.high)
+    if "epochs" in space.grid:
+        return int(max(space.grid["epochs"]))
+    return base.epochs
+
+
+def build_tuner(plan: TunerPlan) -> tune.Tuner:
+    space = plan.space
+    metric: Any = list(space.metrics) if space.multi_objective else space.metric
+    mode: Any = list(space.modes) if space.multi_objective else space.mode
+    search_alg = None
+    param_space: dict[str, Any] = {}
+    if space.kind == KIND_SEARCH:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        search_alg = GuardedOptunaSearch(space=optuna_distributions(space), metric=metric, mode=mode,
+                                         seed=plan.seed)
+    else:
+        param_space = grid_param_space(space)
+    scheduler = None
+    if space.scheduler.type == SCHEDULER_ASHA:
+        top = max_epochs(space, plan.base)
+        scheduler = GracefulASHA(plan.trial_settings.stop_registry, time_attr=RESULT_EPOCH, metric=space.metric,
+                                 mode=space.mode, max_t=top, grace_period=min(space.scheduler.grace_period, top),
+                                 reduction_factor=space.scheduler.reduction_factor)
+    return tune.Tuner(
+        trainable(plan),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=space.num_samples,
+                                    max_concurrent_trials=plan.max_concurrent, reuse_actors=REUSE_TRIAL_ACTORS),
+        run_config=tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=plan.ray_storage,
+                                  callbacks=[StudyCallback(plan.recorder_settings)],
+                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+    )
+
+
+def can_restore(plan: TunerPlan) -> bool:
+    return tune.Tuner.can_restore(plan.experiment_path)
+
+
+def restore_tuner(plan: TunerPlan) -> tune.Tuner:
+    """The interrupted study's Tuner: unfinished trials continue, errored ones run again, finished ones stay."""
+    return tune.Tuner.restore(plan.experiment_path, trainable=trainable(plan), resume_unfinished=True,
+                              resume_errored=True)
+

@@ -1,0 +1,40 @@
+"""The study's command line on bad input: one line naming the flag, file or field, exit code 2, nothing
+written under the results folder, and Ray never started."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.study.helpers import assert_usage_error, run_cli, study_args
+
+
+@pytest.mark.parametrize(("extra", "fragments"), [
+    (["--address", "127.0.0.1:1"], ("--address", "127.0.0.1:1")),
+    (["--workers-per-trial", "64"], ("--workers-per-trial", "CPUs")),
+    (["--categories", "brick,unicorn"], ("unicorn",)),
+])
+def test_bad_command_lines_are_one_line_exit_2_and_leave_nothing(
+        tmp_path: Path, tiny_data: Path, child_env: dict[str, str], space_file: Callable[..., Path],
+        extra: list[str], fragments: tuple[str, ...]) -> None:
+    space = space_file(tmp_path, "bad", fixed={"epochs": 1})
+    args = study_args(space, tiny_data, tmp_path / "results")
+    if "--categories" in extra:
+        index = args.index("--categories")
+        del args[index:index + 2]
+    assert_usage_error(run_cli([*args, *extra], child_env), *fragments)
+    assert not (tmp_path / "results" / "bad").exists()
+
+
+def test_data_folder_that_does_not_exist_or_holds_no_category(
+        tmp_path: Path, child_env: dict[str, str], space_file: Callable[..., Path]) -> None:
+    space = space_file(tmp_path, "nodata", fixed={"epochs": 1})
+    assert_usage_error(run_cli(["--space", str(space), "--data", str(tmp_path / "nowhere"), "--results",
+                                str(tmp_path / "r")], child_env), "--data", "nowhere")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_usage_error(run_cli(["--space", str(space), "--data", str(empty), "--results", str(tmp_path / "r")],
+                               child_env), str(empty), "category")
+    assert not (tmp_path / "r" / "nodata").exists()

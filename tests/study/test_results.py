@@ -1,0 +1,93 @@
+"""The results tables (no Ray): statuses, the three CSVs, reloading for ``--resume``, and the contract with
+the report: what :class:`study.results.StudyRecorder` writes is what :mod:`study.report.load` reads."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from study import protocol
+from study.report.load import load_results
+from study.results import StudyRecorder, TrialSnapshot
+
+METRICS = {name: 0.5 for name in protocol.METRIC_NAMES}
+
+
+def recorded_study(folder: Path) -> StudyRecorder:
+    """A recorder that saw one trial of every status."""
+    recorder = StudyRecorder(folder, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
+                             hyper_values=lambda p: {"lr": p["lr"], "seed": 0})
+    recorder.observe(TrialSnapshot("a", "RUNNING", {"lr": 0.1}))
+    recorder.add_result("a", {"epoch": 1, "epochs": 2, "loss": 1.0, "evaluated": False})
+    recorder.add_result("a", {"epoch": 2, "epochs": 2, "loss": 0.5, "evaluated": True, "final": True,
+                              **{**METRICS, "image_auroc": 0.9},
+                              "per_category": {"x": METRICS, "y": METRICS}, "time_total_s": 12.0})
+    recorder.observe(TrialSnapshot("a", "TERMINATED", {"lr": 0.1}))
+    recorder.observe(TrialSnapshot("b", "RUNNING", {"lr": 10.0}))
+    recorder.add_result("b", {"error": "NonFiniteLossError: reconstruction loss is nan", "epoch": 0})
+    recorder.observe(TrialSnapshot("b", "TERMINATED", {"lr": 10.0}))
+    recorder.add_result("c", {"epoch": 1, "epochs": 2, "loss": 0.7, "evaluated": True, **METRICS,
+                              "per_category": {"x": METRICS}})
+    recorder.add_result("c", {"stopped": True, "epoch": 1, "epochs": 2})  # ended early by ASHA
+    recorder.observe(TrialSnapshot("c", "TERMINATED", {"lr": 0.2}))
+    recorder.observe(TrialSnapshot("d", "PENDING", {"lr": 0.3}))
+    recorder.add_result("e", {"epoch": 1, "epochs": 2, "loss": 0.9, "evaluated": False})
+    recorder.observe(TrialSnapshot("e", "TERMINATED", {"lr": 0.4}))  # cut off by Ctrl-C: resumable
+    recorder.write()
+    return recorder
+
+
+STATUSES = {"a": "completed", "b": "failed", "c": "stopped", "d": "pending", "e": "pending"}
+
+
+def test_recorder_statuses_tables_and_reload(tmp_path: Path) -> None:
+    recorder = recorded_study(tmp_path)
+    assert recorder.best().trial_id == "a"
+    trials = pd.read_csv(tmp_path / protocol.TRIALS_FILE, dtype={"trial_id": str, "error": str})
+    assert list(trials.columns) == ["trial_id", "status", "lr", "seed", *protocol.TRIAL_RESULT_COLUMNS]
+    assert dict(zip(trials.trial_id, trials.status, strict=True)) == STATUSES
+    assert "nan" in trials.set_index("trial_id").loc["b", "error"]
+    assert trials.set_index("trial_id").loc["a", "epochs_done"] == 2
+    history = pd.read_csv(tmp_path / protocol.HISTORY_FILE, dtype={"trial_id": str})
+    assert len(history) == 4 and math.isnan(history.iloc[0]["image_auroc"])
+    assert len(pd.read_csv(tmp_path / protocol.PER_CATEGORY_FILE)) == 3
+
+    again = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
+                          hyper_values=dict)
+    again.load_existing()
+    assert again.best().trial_id == "a"
+    assert {r.trial_id: r.status for r in again.trials.values()} == STATUSES
+    assert again.trials["a"].history[2]["loss"] == pytest.approx(0.5)
+
+
+def test_hyperparameters_are_derived_once_per_distinct_parameters(tmp_path: Path) -> None:
+    derived: list[dict] = []
+
+    def hyper_values(params: dict) -> dict:
+        derived.append(dict(params))
+        return {"lr": params["lr"], "seed": 0}
+
+    recorder = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
+                             hyper_values=hyper_values)
+    for status in ("PENDING", "RUNNING", "RUNNING", "TERMINATED"):  # Tune reports a trial on every event
+        recorder.observe(TrialSnapshot("a", status, {"lr": 0.1}))
+    assert derived == [{"lr": 0.1}]
+    recorder.observe(TrialSnapshot("a", "RUNNING", {"lr": 0.2}))  # new parameters: derived again
+    assert derived == [{"lr": 0.1}, {"lr": 0.2}] and recorder.trials["a"].params == {"lr": 0.2, "seed": 0}
+
+
+def test_what_the_recorder_writes_the_report_reads(tmp_path: Path) -> None:
+    recorded_study(tmp_path)
+    (tmp_path / protocol.STUDY_FILE).write_text(json.dumps({"name": "contract", "metric": "image_auroc",
+                                                            "mode": "max", "kind": protocol.KIND_SEARCH}))
+    results = load_results(tmp_path)
+    assert results.param_columns == ["lr", "seed"]  # every other column is a result column of the contract
+    assert dict(zip(results.trials.trial_id, results.trials.status, strict=True)) == STATUSES
+    assert results.status_counts() == {status: list(STATUSES.values()).count(status)
+                                       for status in protocol.STATUSES}
+    assert results.trials.set_index("trial_id").loc["a", "image_auroc"] == pytest.approx(0.9)
+    assert sorted(results.per_category.category) == ["x", "x", "y"]
