@@ -9,7 +9,9 @@ need a converged model), exports it to ONNX and TorchScript, then measures
   with 1 thread and with every core, the three runtimes timed in alternation (``ROUNDS`` rounds, median);
 - speed of the whole ``predict`` (decoding, scoring, overlays at source resolution, CSV), images/s.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.deploy_speed [--epochs N] [--out FILE.json]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.deploy_speed [--epochs N] [--out FILE.json]``, or as
+part of the suite (``benchmarks/run_all.py``, which calls :func:`run`: ``--threads`` threads beside 1, and the
+suite's tiny model with ``--tiny``).
 """
 
 from __future__ import annotations
@@ -26,17 +28,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from benchmarks.common import Outcome, Settings, at_most, info
+from maae.config import MAAEConfig
+
+NAME = "deploy_speed"
 CATEGORY = "brick"
 EPOCHS = 5
+TINY_EPOCHS = 1
 ROUNDS = 5
 WARMUP_BATCHES = 2
+# The issue's parity bar: an exported file's scores within this of PyTorch's on real images.
+PARITY_TOLERANCE = 1e-4
 
 
-def _train(data_root: Path, out: Path, epochs: int) -> None:
-    from maae.config import preset
+def _train(config: MAAEConfig, data_root: Path, out: Path) -> None:
     from maae.training import train
 
-    train(preset("quick").replace(epochs=epochs), data_root, [CATEGORY], out, progress=None)
+    train(config, data_root, [CATEGORY], out, progress=None)
 
 
 def _model_speed(scorers: dict[str, Any], batch: np.ndarray, threads: int) -> dict[str, float]:
@@ -54,26 +62,19 @@ def _model_speed(scorers: dict[str, Any], batch: np.ndarray, threads: int) -> di
     return {name: len(batch) / statistics.median(values) for name, values in seconds.items()}
 
 
-def main(argv: list[str] | None = None) -> int:
+def measure(config: MAAEConfig, data_root: Path, work: Path, threads: list[int]) -> dict[str, Any]:
+    """Train ``config`` on CATEGORY, export it both ways, and measure parity and speed (the module docstring)."""
     import onnxruntime
-    import pandas as pd
 
     from maae.checkpoint import load_run
     from maae.data import list_samples, load_image
     from maae.export import INPUT_NAME, OUTPUT_NAMES, export_run, load_exported
     from maae.predict import checkpoint_scorer, predict_images
-    from maae.synthetic import embedded_data_root
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--out", help="also write the numbers as JSON here")
-    args = parser.parse_args(argv)
-    data_root = embedded_data_root(0)
-    work = Path(tempfile.mkdtemp(prefix="maae-deploy-"))
     run_dir = work / "run"
     started = time.perf_counter()
-    _train(data_root, run_dir, args.epochs)
-    results: dict[str, Any] = {"category": CATEGORY, "epochs": args.epochs,
+    _train(config, data_root, run_dir)
+    results: dict[str, Any] = {"category": CATEGORY, "epochs": config.epochs, "image_size": config.image_size,
                                "train_seconds": time.perf_counter() - started}
     files = {"onnx": work / "maae.onnx", "torchscript": work / "maae.pt"}
     for export_format, path in files.items():
@@ -92,28 +93,63 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         frames[name] = predict_images(scorer, images, work / f"predict_{name}")
         results[f"predict_images_per_s_{name}"] = len(images) / (time.perf_counter() - started)
-    reference = frames["torch"].score.to_numpy()
+    reference = frames["torch"]
     for name in files:
-        results[f"{name}_max_score_difference"] = float(np.abs(frames[name].score.to_numpy() - reference).max())
+        results[f"{name}_max_score_difference"] = float(np.abs(frames[name].score.to_numpy()
+                                                               - reference.score.to_numpy()).max())
+        results[f"{name}_same_verdicts"] = bool((frames[name].is_anomalous == reference.is_anomalous).all())
     results["test_images"] = len(images)
-    results["score_range"] = [float(reference.min()), float(reference.max())]
+    results["score_range"] = [float(reference.score.min()), float(reference.score.max())]
 
     size = run.config.image_size
     batch = np.stack([load_image(path, size) for path in images[: run.config.eval_batch_size]])
     batch = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
-    cores = os.cpu_count() or 1
-    for threads in sorted({1, cores}):
+    for count in threads:
         options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
+        options.intra_op_num_threads = count
         session = onnxruntime.InferenceSession(str(files["onnx"]), options, providers=["CPUExecutionProvider"])
         runners = {"torch": scorers["torch"].score, "torchscript": scorers["torchscript"].score,
                    "onnxruntime": lambda b, s=session: s.run(list(OUTPUT_NAMES), {INPUT_NAME: b})}
-        speed = _model_speed(runners, batch, threads)
+        speed = _model_speed(runners, batch, count)
         for name, value in speed.items():
-            results[f"model_images_per_s_{name}_{threads}_threads"] = value
+            results[f"model_images_per_s_{name}_{count}_threads"] = value
     results["batch"] = len(batch)
+    results["threads"] = list(threads)
     results["torch_version"] = torch.__version__
     results["onnxruntime_version"] = onnxruntime.__version__
+    return results
+
+
+def run(settings: Settings) -> Outcome:
+    """The suite's entry: the quick preset (the tiny model with ``--tiny``), 1 thread and ``--threads``."""
+    config = settings.config(epochs=TINY_EPOCHS if settings.tiny else EPOCHS)
+    results = measure(config, settings.data_root, settings.scratch(NAME), sorted({1, settings.threads}))
+    top = max(results["threads"])
+    checks = [at_most(NAME, f"{name}: max |score - torch| on the test images", results[f"{name}_max_score_difference"],
+                      PARITY_TOLERANCE) for name in ("onnx", "torchscript")]
+    for runtime in ("torch", "torchscript", "onnxruntime"):
+        for count in results["threads"]:
+            checks.append(info(NAME, f"model images/s, {runtime}, {count} thread(s)",
+                               results[f"model_images_per_s_{runtime}_{count}_threads"]))
+    headline = {"deploy_torch_images_per_s": results[f"model_images_per_s_torch_{top}_threads"],
+                "deploy_onnxruntime_images_per_s": results[f"model_images_per_s_onnxruntime_{top}_threads"],
+                "deploy_onnx_max_score_difference": results["onnx_max_score_difference"]}
+    return Outcome(headline, checks, results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from maae.config import preset
+    from maae.synthetic import embedded_data_root
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=EPOCHS)
+    parser.add_argument("--out", help="also write the numbers as JSON here")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="maae-deploy-"))
+    results = measure(preset("quick").replace(epochs=args.epochs), embedded_data_root(0), work,
+                      sorted({1, os.cpu_count() or 1}))
     print(pd.Series(results).to_string())
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

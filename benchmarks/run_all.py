@@ -5,8 +5,10 @@
     .venv/bin/python benchmarks/run_all.py --only train_step --out /tmp/step.json
     .venv/bin/python benchmarks/run_all.py --only train_step --merge   # re-run one, keep the rest of the file
 
-The JSON's top level holds the headline numbers (``feature_cache_speedup``, ``ray_overhead_ratio``,
-``train_step_flops_fraction``, ``predict_images_per_s`` and a few more; ``null`` when not measured), the table
+The JSON's top level holds the headline numbers (``feature_cache_speedup``, ``feature_cache_ceiling``,
+``ray_overhead_ratio``, ``ray_cost_per_trial_s``, ``optuna_inprocess_ratio``, ``demo_cpu_utilisation``,
+``demo_speedup_vs_baseline``, ``train_step_flops_fraction``, ``predict_images_per_s`` and a few more; ``null``
+when not measured), the table
 rows under ``checks``, each benchmark's details under ``benchmarks``, and the machine under ``environment``.
 Exit status 1 when a benchmark crashed (its numbers are then ``null`` and its error is in the JSON), else 0:
 a missed target is a measurement, not a failure of the suite.
@@ -36,7 +38,16 @@ from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 
-from benchmarks import feature_cache, growth, inference, ray_overhead, train_step  # noqa: E402
+from benchmarks import (  # noqa: E402
+    demo,
+    deploy_speed,
+    feature_cache,
+    growth,
+    inference,
+    optuna_inprocess,
+    ray_overhead,
+    train_step,
+)
 from benchmarks.common import (  # noqa: E402
     REPO_ROOT,
     TINY_DATA,
@@ -54,9 +65,14 @@ BENCHMARKS = {
     "train_step": train_step,
     "growth": growth,
     "inference": inference,
+    "deploy_speed": deploy_speed,  # export parity, onnxruntime / TorchScript / torch images/s
     "ray_overhead": ray_overhead,
+    "optuna_inprocess": optuna_inprocess,
+    "demo": demo,  # the longest (two default demos): last
 }
-HEADLINE_KEYS = ("feature_cache_speedup", "ray_overhead_ratio", "train_step_flops_fraction", "predict_images_per_s")
+HEADLINE_KEYS = ("feature_cache_speedup", "feature_cache_ceiling", "ray_overhead_ratio", "ray_cost_per_trial_s",
+                 "optuna_inprocess_ratio", "demo_cpu_utilisation", "demo_speedup_vs_baseline",
+                 "train_step_flops_fraction", "predict_images_per_s")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 # One intra-op thread by default: on a shared 2-core machine two threads make a step several times slower and
 # its time erratic (measured by train_step's threads=2 variant); pass --threads to choose.

@@ -96,7 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if missing:
             raise MAAEError(f"--data: categories {missing} have no model in {run.path} "
                             f"(trained on {', '.join(run.categories)})")
-    evaluation = evaluate(run.models, data, run.config, device=device)
+    evaluation = evaluate(run.models, data, run.config, device=device, reference=run.normal_reference)
     out = Path(args.out)
     write_config(out, run.config, data, checkpoint=run.path)
     write_metrics(out, evaluation, epochs=run.epoch)
@@ -104,7 +104,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    from maae.predict import collect_images, predict_images
+    from maae.calibration import PER_CATEGORY_KEY
+    from maae.predict import PREDICTIONS_FILE, collect_images, predict_images, scorer_thresholds
 
     if args.model:
         from maae.export import load_exported
@@ -118,10 +119,25 @@ def cmd_predict(args: argparse.Namespace) -> None:
         device = default_device()
         scorer = checkpoint_scorer(load_run(Path(args.checkpoint), device), category=args.category, device=device)
     images = collect_images([Path(p) for p in args.images])
-    frame = predict_images(scorer, images, Path(args.out))
+    thresholds = scorer_thresholds(scorer, args.category)
+    if thresholds is None:
+        print(f"note: {args.model or args.checkpoint} has no calibrated threshold (trained with "
+              "validation_fraction=0, or before calibration existed): scores only, no verdicts or masks",
+              file=sys.stderr)
+    elif args.category is None and PER_CATEGORY_KEY in scorer.reference:
+        print(f"note: no --category, so the verdicts use the thresholds pooled over the model's categories "
+              f"({', '.join(scorer.reference[PER_CATEGORY_KEY])}); --category uses that category's own",
+              file=sys.stderr)
+    frame = predict_images(scorer, images, Path(args.out), category=args.category)
     for row in frame.itertuples():
-        print(f"{row.score:10.4f}  {row.path}")
-    print(f"{len(frame)} predictions -> {Path(args.out) / 'predictions.csv'}", file=sys.stderr)
+        verdict = ("" if thresholds is None else
+                   f"  {row.normalised_score:7.3f}  {'anomalous' if row.is_anomalous else 'normal':9s}")
+        print(f"{row.score:10.4f}{verdict}  {row.path}")
+    summary = f"{len(frame)} predictions"
+    if thresholds is not None:
+        summary += (f", {int(frame.is_anomalous.sum())} anomalous at the image threshold {thresholds.image:.4g} "
+                    f"(calibrated for a false-positive rate of {thresholds.target_fpr:.3g})")
+    print(f"{summary} -> {Path(args.out) / PREDICTIONS_FILE}", file=sys.stderr)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
@@ -197,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--checkpoint", help="run folder or checkpoint.pt")
     model.add_argument("--model", help="a file written by `export` (.onnx: onnxruntime; .pt: TorchScript)")
     predict.add_argument("images", nargs="+", help="image files or folders")
-    predict.add_argument("--category", help="which per-category model (separate paradigm only)")
+    predict.add_argument("--category", help="the images' category: picks the model of a separate-paradigm run, "
+                                            "and a unified model's thresholds for that category (default: "
+                                            "thresholds pooled over its categories)")
     predict.add_argument("--out", required=True)
     predict.set_defaults(func=cmd_predict)
 

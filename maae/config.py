@@ -99,6 +99,13 @@ class MAAEConfig:
     eval_batch_size: int = 32
     # Frozen-backbone feature cache (computed once per data set, backbone and image size).
     feature_cache: bool = True
+    # Calibrated verdicts (maae.calibration): this fraction of each category's normal training images, drawn
+    # with a fixed seed (the same split whatever `seed`), is kept out of training; after training, the image
+    # and pixel thresholds are set on it so that `target_fpr` of normal images (and of normal pixels) lie
+    # above them. 0 trains on every image, as before calibration existed, and calibrates nothing. The test set
+    # is never used for calibration.
+    validation_fraction: float = 0.1
+    target_fpr: float = 0.01
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -307,6 +314,10 @@ def _validate(cfg: MAAEConfig) -> None:
     _check(0 < cfg.image_score_topk <= 1, "image_score_topk", "a fraction in (0, 1] of the map's pixels",
            cfg.image_score_topk)
     _check(cfg.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", cfg.eval_batch_size)
+    _check(0 <= cfg.validation_fraction < 1, "validation_fraction",
+           "a fraction in [0, 1) of the normal training images (0: no validation split, no calibration)",
+           cfg.validation_fraction)
+    _check(0 < cfg.target_fpr < 1, "target_fpr", "a false-positive rate in (0, 1)", cfg.target_fpr)
 
 
 __all__ = [

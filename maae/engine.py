@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
 
 from maae.backbone import FrozenBackbone, backbone_fingerprint, build_backbone
+from maae.calibration import validation_rows
 from maae.config import MAAEConfig
 from maae.data import AnomalyDataset, Sample, list_samples, load_mask, resolve_categories
 from maae.ema import ModelEma
@@ -204,13 +205,29 @@ def default_device() -> torch.device:
 
 @dataclass
 class CategoryData:
-    """One category's training source and test set (features, labels, masks)."""
+    """One category's training source and test set (features, labels, masks).
+
+    ``train_samples`` (and ``train_features``) are every normal training image on disk; the ones at
+    ``validation_rows`` are held out of training for calibration (:mod:`maae.calibration`), the others
+    (``fit_rows``) are trained on.
+    """
 
     category: str
     train_samples: list[Sample]
     test: StageFeatures
     train_features: StageFeatures | None = None  # None when the feature cache is off
+    validation_rows: tuple[int, ...] = ()
     _masks: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def fit_rows(self) -> list[int]:
+        """Positions in ``train_samples`` of the images trained on (all of them without a validation split)."""
+        held = set(self.validation_rows)
+        return [row for row in range(len(self.train_samples)) if row not in held]
+
+    @property
+    def validation_samples(self) -> list[Sample]:
+        return [self.train_samples[row] for row in self.validation_rows]
 
     def masks(self, image_size: int) -> np.ndarray:
         if self._masks is None:
@@ -278,17 +295,23 @@ def prepare_data(
         train = None
         if need_train and config.feature_cache:
             train = load_or_compute(backbone, train_samples, label=f"{category}/train", **common)
-        per_category[category] = CategoryData(category, train_samples, test, train)
+        held_out = validation_rows(len(train_samples), config.validation_fraction,
+                                   category=category) if need_train else ()
+        per_category[category] = CategoryData(category, train_samples, test, train, held_out)
     stage_channels = per_category[chosen[0]].test.channels
     return PreparedData(root, chosen, stage_channels, per_category, backbone, fingerprint)
 
 
 class _CachedStages(Dataset):
-    """Training items from cached features: item i is the list of its stage tensors."""
+    """Training items from cached features: item i is the list of its stage tensors.
 
-    def __init__(self, blocks: Sequence[StageFeatures]) -> None:
-        self.blocks = list(blocks)
-        self.index = [(b, i) for b, block in enumerate(self.blocks) for i in range(len(block))]
+    ``blocks`` pairs each category's features with the rows to train on (indexing the memory maps row by
+    row, so a validation split copies nothing).
+    """
+
+    def __init__(self, blocks: Sequence[tuple[StageFeatures, Sequence[int]]]) -> None:
+        self.blocks = [block for block, _ in blocks]
+        self.index = [(b, i) for b, (_, rows) in enumerate(blocks) for i in rows]
 
     def __len__(self) -> int:
         return len(self.index)
@@ -366,10 +389,11 @@ class TrainingSession:
 
     def _loader(self, categories: Sequence[str]) -> DataLoader:
         config = self.config
+        per_category = [self.data.per_category[c] for c in categories]
         if config.feature_cache:
-            dataset: Dataset = _CachedStages([self.data.per_category[c].train_features for c in categories])
+            dataset: Dataset = _CachedStages([(cat.train_features, cat.fit_rows) for cat in per_category])
         else:
-            samples = [s for c in categories for s in self.data.per_category[c].train_samples]
+            samples = [cat.train_samples[row] for cat in per_category for row in cat.fit_rows]
             dataset = _LiveImages(samples, config.image_size, self.data.categories)
         if len(dataset) == 0:
             raise ValueError(f"no training images for categories {list(categories)}")

@@ -12,8 +12,9 @@ as a single graph, so a production line needs neither the checkpoint nor this pa
 
 The file carries its metadata inside (ONNX ``metadata_props`` / a TorchScript extra file, key
 :data:`METADATA_KEY`, JSON): format version, image size, input convention, normalisation, categories, the
-model's normal reference (for heat-map scaling and ``relative_score``), the checkpoint it came from and the
-run's config. It is written atomically, after the exported graph has been run once and checked against
+model's normal reference (heat-map scaling and, for a calibrated run, the image and pixel thresholds, so
+``predict --model`` gives the checkpoint's verdicts and masks), the checkpoint it came from and the run's
+config. It is written atomically, after the exported graph has been run once and checked against
 PyTorch (scores within :data:`EXPORT_ATOL` + :data:`EXPORT_RTOL` times their size).
 
 ONNX uses PyTorch's TorchScript-based exporter (``dynamo=False``): in torch 2.14 it needs only the ``onnx``

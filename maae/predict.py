@@ -1,4 +1,5 @@
-"""Running a trained model on new images: scores, readable overlays, and a CSV (how a study's winner deploys).
+"""Running a trained model on new images: scores, verdicts, readable overlays, defect masks, and a CSV (how a
+study's winner deploys).
 
 The model runs as one :class:`ScoringGraph`: frozen backbone, feature merge, auto encoder, anomaly map and
 image score, from an image batch (``B x 3 x S x S`` float RGB in [0, 1]) to maps and scores. ``predict
@@ -6,6 +7,13 @@ image score, from an image batch (``B x 3 x S x S`` float RGB in [0, 1]) to maps
 ``predict --model`` runs that file (:mod:`maae.export`). Both go through :func:`predict_images`, so the
 preprocessing (:func:`maae.data.decode_image`: decode, convert to 8-bit RGB, PIL bilinear resize to S x S,
 divide by 255), the overlays and ``predictions.csv`` are the same.
+
+A calibrated run (:mod:`maae.calibration`) carries an image and a pixel threshold in its normal reference (an
+exported file carries the same reference): ``normalised_score`` is the score over the image threshold (1.0 is
+the threshold), ``is_anomalous`` says whether it is above, and the defect mask is the anomaly map above the
+pixel threshold, at the source image's resolution. A unified model judges with the thresholds of the images'
+category when ``category`` is given (``--category``), else with those pooled over its categories. A run
+without thresholds gets scores only.
 """
 
 from __future__ import annotations
@@ -21,23 +29,28 @@ import torch
 from torch import nn
 
 from maae.backbone import FrozenBackbone, backbone_fingerprint, build_backbone
+from maae.calibration import PER_CATEGORY_KEY, Thresholds
 from maae.checkpoint import LoadedRun
 from maae.data import IMAGE_EXTENSIONS, decode_image
 from maae.errors import MAAEError
 from maae.io import write_csv_atomic
 from maae.model import MAAEModel, build_anomaly_map_generator, image_scores
-from maae.visualize import overlay_panels, resize_map, save_png
+from maae.visualize import MAX_8BIT, overlay_panels, resize_map, save_png
 
-PREDICTION_COLUMNS = ("path", "model", "score", "relative_score", "heatmap")
+# One row per image: its score, the score over the image threshold, the verdict, and the two pictures (paths
+# relative to the output folder). Without calibrated thresholds the middle columns and ``mask`` are empty.
+PREDICTION_COLUMNS = ("path", "model", "score", "normalised_score", "is_anomalous", "heatmap", "mask")
+PREDICTIONS_FILE = "predictions.csv"
 HEATMAP_FOLDER = "heatmaps"
+MASK_FOLDER = "masks"
 # An anomaly map at twice the highest score seen on normal training images is drawn at full heat.
 HEAT_CEILING_FACTOR = 2.0
 # Keys of a model's normal reference (written when a run finishes): the median anomaly-map value on normal
-# training images (drawn as the coldest colour), the 99th percentile of their image scores (relative_score's
-# unit), and, once a run is calibrated, the pixel threshold whose map region is outlined as the predicted mask.
+# training images (drawn as the coldest colour) and the 99th percentile of their image scores (the heat scale's
+# unit); a calibrated run's thresholds sit beside them (maae.calibration.CALIBRATION_KEYS: the pixel threshold's
+# map region is the predicted mask, outlined in the overlay and written as a binary PNG).
 MAP_MEDIAN_KEY = "map_median"
 SCORE_CEILING_KEY = "score_p99"
-PIXEL_THRESHOLD_KEY = "pixel_threshold"
 
 
 def collect_images(inputs: Sequence[Path]) -> list[Path]:
@@ -135,18 +148,31 @@ def checkpoint_scorer(run: LoadedRun, *, category: str | None = None, device: to
                             batch_size or run.config.eval_batch_size, device, run.normal_reference.get(key, {}))
 
 
-def predict_images(scorer: Scorer, images: Sequence[Path], out_dir: Path) -> pd.DataFrame:
-    """Score ``images``; write one overlay PNG per image under ``heatmaps/`` and ``predictions.csv``.
+def scorer_thresholds(scorer: Scorer, category: str | None = None) -> Thresholds | None:
+    """The scorer's calibrated thresholds (``category``'s own when it has them, else pooled), or None when its
+    run was not calibrated. A ``category`` the model was not calibrated on is a one-line error."""
+    own = scorer.reference.get(PER_CATEGORY_KEY, {})
+    if category is not None and own and category not in own:
+        raise MAAEError(f"--category: {category!r} is not a category of this model; expected one of: "
+                        f"{', '.join(own)}")
+    return Thresholds.from_reference(scorer.reference, category)
 
-    Overlays are drawn at each source image's resolution (:func:`maae.visualize.overlay_panels`); the map is
-    coloured from the normal reference's median map value to twice its score ceiling (the image's own
-    maximum when the run has no reference).
+
+def predict_images(scorer: Scorer, images: Sequence[Path], out_dir: Path, *,
+                   category: str | None = None) -> pd.DataFrame:
+    """Score ``images``; write per image an overlay PNG under ``heatmaps/`` and, when the run is calibrated, a
+    binary defect mask PNG under ``masks/`` (white: above the pixel threshold); then ``predictions.csv``.
+
+    Overlays and masks are at each source image's resolution (:func:`maae.visualize.overlay_panels`; the map
+    is resized bilinearly before it is thresholded); the map is coloured from the normal reference's median
+    map value to twice its score ceiling (the image's own maximum when the run has no reference). ``category``
+    chooses the thresholds (:func:`scorer_thresholds`).
     """
     out_dir = Path(out_dir)
     reference = dict(scorer.reference)
     low = reference.get(MAP_MEDIAN_KEY, 0.0)
     ceiling = reference.get(SCORE_CEILING_KEY)
-    pixel_threshold = reference.get(PIXEL_THRESHOLD_KEY)
+    thresholds = scorer_thresholds(scorer, category)
     rows = []
     for start in range(0, len(images), scorer.batch_size):
         chunk = [decode_image(path) for path in images[start:start + scorer.batch_size]]
@@ -156,19 +182,25 @@ def predict_images(scorer: Scorer, images: Sequence[Path], out_dir: Path) -> pd.
         maps, scores = scorer.score(np.ascontiguousarray(batch, dtype=np.float32))
         for offset, decoded in enumerate(chunk):
             anomaly_map = maps[offset]
+            score = float(scores[offset])
             high = HEAT_CEILING_FACTOR * ceiling if ceiling else float(anomaly_map.max())
+            name = f"{start + offset:05d}_{decoded.path.stem}.png"
+            row: dict[str, object] = {"path": str(decoded.path), "model": scorer.model_key, "score": score,
+                                      "normalised_score": float("nan"), "is_anomalous": None,
+                                      "heatmap": f"{HEATMAP_FOLDER}/{name}", "mask": None}
             masks = {}
-            if pixel_threshold is not None:
-                masks["predicted"] = resize_map(anomaly_map, decoded.size) > pixel_threshold
-            heatmap_path = out_dir / HEATMAP_FOLDER / f"{start + offset:05d}_{decoded.path.stem}.png"
-            save_png(heatmap_path, overlay_panels(decoded.source_pixels(), anomaly_map, low, high, masks=masks))
-            rows.append({
-                "path": str(decoded.path), "model": scorer.model_key, "score": float(scores[offset]),
-                "relative_score": float(scores[offset] / ceiling) if ceiling else float("nan"),
-                "heatmap": str(heatmap_path.relative_to(out_dir)),
-            })
+            if thresholds is not None:
+                defect = thresholds.defect_mask(resize_map(anomaly_map, decoded.size))
+                masks["predicted"] = defect
+                save_png(out_dir / MASK_FOLDER / name, defect.astype(np.uint8) * int(MAX_8BIT))
+                row.update(normalised_score=float(thresholds.normalised(np.array([score]))[0]),
+                           is_anomalous=bool(thresholds.is_anomalous(np.array([score]))[0]),
+                           mask=f"{MASK_FOLDER}/{name}")
+            save_png(out_dir / row["heatmap"], overlay_panels(decoded.source_pixels(), anomaly_map, low, high,
+                                                              masks=masks))
+            rows.append(row)
     frame = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
-    write_csv_atomic(out_dir / "predictions.csv", frame)
+    write_csv_atomic(out_dir / PREDICTIONS_FILE, frame)
     return frame
 
 
@@ -178,4 +210,4 @@ def predict(
 ) -> pd.DataFrame:
     """Score ``images`` with the run's model; write ``heatmaps/*.png`` and ``predictions.csv`` to ``out_dir``."""
     scorer = checkpoint_scorer(run, category=category, device=device, batch_size=batch_size)
-    return predict_images(scorer, images, out_dir)
+    return predict_images(scorer, images, out_dir, category=category)

@@ -5,9 +5,11 @@ holds, in the order they are written:
 
 - ``config.json``: the run's config, data root, categories and backbone fingerprint, for people to read;
 - ``checkpoint.pt``: the training session's state, rewritten after every epoch so that a killed run resumes,
-  and, once the run is finished, the normal-score reference that prediction scales its heatmaps with;
+  and, once the run is finished, the normal reference: what prediction scales its heatmaps with and, for a run
+  with a validation split, the calibrated image and pixel thresholds of its verdicts (:mod:`maae.calibration`);
 - ``per_category.csv`` and ``scores.csv``: the evaluation of the last epoch (metrics per category, one score
-  per test image);
+  per test image; with thresholds, also each category's false-positive rate and recall at them, the
+  thresholds, and each image's normalised score and verdict);
 - ``metrics.json``: the means over categories, written last: it marks a finished run.
 
 Every file is written atomically (:mod:`maae.io`). The checkpoint is a plain dictionary of tensors and
@@ -29,6 +31,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from maae.calibration import THRESHOLD_METRIC_NAMES, Thresholds
 from maae.config import MAAEConfig
 from maae.engine import PreparedData, TrainingSession, unwrap
 from maae.errors import MAAEError
@@ -53,7 +56,10 @@ STAGE_CHANNELS_KEY = "stage_channels"  # channels of each backbone stage (the mo
 EPOCH_KEY = "epoch"  # epochs trained so far
 MODELS_KEY = "models"  # model key (maae.engine.UNIFIED_KEY or a category) -> weights to deploy
 BACKBONE_FINGERPRINT_KEY = "backbone_fingerprint"  # which backbone weights made the features
-NORMAL_REFERENCE_KEY = "normal_reference"  # model key -> {map_median, score_p99}; empty until the run finishes
+# model key -> {map_median, score_p99} and, when calibrated, maae.calibration.CALIBRATION_KEYS (image_threshold,
+# pixel_threshold, target_fpr, validation_images); empty until the run finishes. A run without thresholds
+# (validation_fraction=0, or written before calibration existed) still loads: it predicts scores, no verdicts.
+NORMAL_REFERENCE_KEY = "normal_reference"
 # The session's resume state (optimisers, random generators, averaged-from weights) sits under further keys
 # that only TrainingSession.load_state_dict reads; this module passes them through unchanged.
 REQUIRED_KEYS = (CONFIG_KEY, CATEGORIES_KEY, STAGE_CHANNELS_KEY, EPOCH_KEY, MODELS_KEY)
@@ -61,9 +67,13 @@ REQUIRED_KEYS = (CONFIG_KEY, CATEGORIES_KEY, STAGE_CHANNELS_KEY, EPOCH_KEY, MODE
 # Config fields that earlier versions saved and that no longer exist: dropped when a saved config is read, so
 # their checkpoints still load. ``mlp_ratio`` was validated but never read (the blocks have no MLP).
 RETIRED_CONFIG_FIELDS = ("mlp_ratio",)
+# Config fields added since, with the value that describes what a run saved without them did: before the
+# validation split existed, every normal training image was trained on.
+ADDED_CONFIG_FIELDS: dict[str, Any] = {"validation_fraction": 0.0}
 
 # ------------------------------------------------------------------------------------- metrics.json ---
 EPOCHS_KEY = "epochs"  # beside the metric means: epochs trained
+TARGET_FPR_KEY = "target_fpr"  # and, for a calibrated run, the false-positive rate its thresholds aim at
 SECONDS_KEY = "seconds"  # and wall-clock seconds of the run (training runs only)
 SECONDS_DECIMALS = 2
 
@@ -74,6 +84,7 @@ class EvaluationTables(Protocol):
 
     means: Mapping[str, float]
     scores: pd.DataFrame
+    thresholds: Mapping[str, Thresholds]  # category -> its model's thresholds; empty when not calibrated
 
     def per_category_frame(self) -> pd.DataFrame: ...
 
@@ -154,9 +165,13 @@ def _write_checkpoint(
 
 
 def write_metrics(folder: Path, evaluation: EvaluationTables, *, epochs: int, seconds: float | None = None) -> None:
-    """``per_category.csv``, ``scores.csv``, then ``metrics.json`` (means as fractions, NaN as null)."""
+    """``per_category.csv``, ``scores.csv``, then ``metrics.json`` (means as fractions, NaN as null; for a
+    calibrated evaluation also the rates at the thresholds and their target false-positive rate)."""
     folder = Path(folder)
-    payload: dict[str, Any] = {name: _json_float(evaluation.means.get(name, float("nan"))) for name in METRIC_NAMES}
+    names = [*METRIC_NAMES, *(THRESHOLD_METRIC_NAMES if evaluation.thresholds else ())]
+    payload: dict[str, Any] = {name: _json_float(evaluation.means.get(name, float("nan"))) for name in names}
+    if evaluation.thresholds:
+        payload[TARGET_FPR_KEY] = next(iter(evaluation.thresholds.values())).target_fpr
     payload[EPOCHS_KEY] = epochs
     if seconds is not None:
         payload[SECONDS_KEY] = round(seconds, SECONDS_DECIMALS)
@@ -235,8 +250,10 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 
 def _read_config(saved: Mapping[str, Any], *, source: str) -> MAAEConfig:
-    """The saved config, validated; fields retired since it was written are dropped (see RETIRED_CONFIG_FIELDS)."""
+    """The saved config, validated; fields retired since it was written are dropped (RETIRED_CONFIG_FIELDS), fields
+    added since take the value that describes what the run did (ADDED_CONFIG_FIELDS)."""
     if not isinstance(saved, Mapping):
         raise MAAEError(f"{source}: expected a mapping of config fields, got {type(saved).__name__}")
     current = {key: value for key, value in saved.items() if key not in RETIRED_CONFIG_FIELDS}
+    current = {**ADDED_CONFIG_FIELDS, **current}
     return MAAEConfig.from_dict(current, source=source)

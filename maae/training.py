@@ -23,7 +23,7 @@ from maae.engine import (
     prepare_data,
 )
 from maae.errors import MAAEError
-from maae.evaluation import Evaluation, evaluate, normal_score_reference
+from maae.evaluation import Evaluation, evaluate_finished
 from maae.run_folder import (
     CHECKPOINT_FILE,
     METRICS_FILE,
@@ -76,16 +76,25 @@ def train(
     train_seconds = time.perf_counter() - started
     # The weights that checkpoint.pt deploys (the moving average when ema_decay is on), so metrics.json
     # describes exactly what evaluate and predict will load.
-    models = session.evaluation_models()
-    evaluation = evaluate(models, data, config, device=device)
-    reference = normal_score_reference(models, data, config, device=device)
+    evaluation, reference = evaluate_finished(session.evaluation_models(), data, config, device=device)
     write_run(out_dir, session, evaluation, normal_reference=reference, seconds=train_seconds)
     if progress:
+        if config.validation_fraction == 0:
+            progress("validation_fraction=0: no validation split, so no calibrated thresholds (predict gives "
+                     "scores without verdicts)")
         progress(summary_line(evaluation) + f" ({time.perf_counter() - started:.0f}s) -> {out_dir}")
     return evaluation
 
 
 def summary_line(evaluation: Evaluation) -> str:
+    """The headline metrics, and for a calibrated run the test set's rates at the thresholds."""
     means = evaluation.means
-    return ("mean image AUROC {:.3f}, pixel AUROC {:.3f}, AUPRO {:.3f}".format(
-        means["image_auroc"], means["pixel_auroc"], means["aupro"]))
+    line = "mean image AUROC {:.3f}, pixel AUROC {:.3f}, AUPRO {:.3f}".format(
+        means["image_auroc"], means["pixel_auroc"], means["aupro"])
+    if evaluation.calibrated:
+        target = next(iter(evaluation.thresholds.values())).target_fpr
+        line += ("; at the thresholds calibrated for FPR {:.3g}: image FPR {:.3f}, recall {:.3f}; pixel FPR "
+                 "{:.3f} ({:.3f} on good images), recall {:.3f}").format(
+            target, means["image_fpr"], means["image_recall"], means["pixel_fpr"], means["pixel_fpr_good"],
+            means["pixel_recall"])
+    return line

@@ -50,7 +50,8 @@ from study.space import (
     study_preset,
     summary,
 )
-from study.tune import cluster
+from study.tune import cluster, leaks
+from study.tune.connect import EXIT_RAY_UNAVAILABLE, JOIN_TIMEOUT_S, LOCAL_START_TIMEOUT_S, RayUnavailableError
 from study.tune.settings import DEFAULT_WORKER_RETRIES
 from study.tune.stopping import registry_name
 
@@ -58,7 +59,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXIT_INTERRUPTED = 130
 SHARED_FEATURE_CACHE = "feature-cache"
 EXAMPLES_PER_CATEGORY = 3
-RESUME_KEYS = ("space", "data_root", "categories", "preset", "fixed")
+RESUME_KEYS = ("space", "data_root", "categories", "preset", "fixed", "repeats")
 
 
 def build_parser(prog: str = "python study/run.py") -> argparse.ArgumentParser:
@@ -74,11 +75,18 @@ def build_parser(prog: str = "python study/run.py") -> argparse.ArgumentParser:
                         help="fix a MAAEConfig field for every trial (repeatable)")
     parser.add_argument("--epochs", type=int, help="override the number of epochs of every trial")
     parser.add_argument("--num-samples", type=int, help="trials to sample (grid: repetitions of the grid)")
+    # Text, checked by the space (one line naming --repeats on bad input, not argparse's usage block).
+    parser.add_argument("--repeats", metavar="K",
+                        help="seeds per trial: every configuration trains with seeds seed, seed+1, ..., "
+                             "seed+K-1 and reports their mean (default: the space's repeats, else 1)")
     parser.add_argument("--name", help="study name (default: the space's name)")
     parser.add_argument("--results", default="results", help="results folder (default: results/)")
     parser.add_argument("--address", help="join a Ray cluster: 'auto' or host:port (default: a local Ray)")
     parser.add_argument("--storage", help="shared path or URI for Ray's experiment folder on a cluster "
                                           "(default: <results>/<name>/ray)")
+    parser.add_argument("--optuna-storage", metavar="URL",
+                        help="Optuna RDB storage for a search's trials, e.g. a database shared on a cluster "
+                             "(default: sqlite:///<results>/<name>/optuna.db; see study/optuna_storage.py)")
     parser.add_argument("--workers-per-trial", type=int, default=1, help="Ray Train workers per trial (DDP)")
     parser.add_argument("--cpus-per-worker", type=float, default=1.0)
     parser.add_argument("--gpus-per-worker", type=float, default=0.0)
@@ -92,6 +100,13 @@ def build_parser(prog: str = "python study/run.py") -> argparse.ArgumentParser:
                         help="continue the study <results>/<name> after it was interrupted or killed")
     parser.add_argument("--no-examples", action="store_true", help="skip the example pictures in best/")
     parser.add_argument("--verbose", action="store_true", help="also show the logs of Ray's workers")
+    parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
+                        help="seconds Ray may take to start, or to let the study join at --address, before the "
+                             f"study gives up with exit code 3 (default: {LOCAL_START_TIMEOUT_S:g} to start, "
+                             f"{JOIN_TIMEOUT_S:g} to join)")
+    parser.add_argument("--clean-leaked", action="store_true",
+                        help="with --address: remove placement groups of ended jobs that nothing uses "
+                             "(without it they are listed with the command that removes them)")
     return parser
 
 
@@ -113,6 +128,7 @@ class Plan:
     num_cpus: int
     ray_storage: str
     env_vars: dict[str, str]
+    optuna_storage: str | None = None  # the search's Optuna storage URL (study.optuna_storage); None for a grid
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python study/run.py") -> int:
@@ -124,6 +140,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python study/run.py") -
     except MAAEError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except RayUnavailableError as err:  # Ray cannot be reached or started: one line, never a hang
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_RAY_UNAVAILABLE
     except KeyboardInterrupt:  # before the trials started (Tune handles Ctrl-C itself while they run)
         print("interrupted before the study started", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -133,7 +152,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python study/run.py") -
 
 def validate(args: argparse.Namespace) -> Plan:
     """All checks that need no Ray, in order of cost; raises one-line MAAEErrors."""
-    space = load_space(Path(args.space)).with_overrides(name=args.name, num_samples=args.num_samples)
+    space = load_space(Path(args.space)).with_overrides(name=args.name, num_samples=args.num_samples,
+                                                        repeats=args.repeats)
     overrides = parse_set_arguments(list(args.set))
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
@@ -149,6 +169,10 @@ def validate(args: argparse.Namespace) -> Plan:
     results_dir = (Path(args.results) / space.name).resolve()
     _check_results_dir(results_dir, args.resume)
 
+    if args.connect_timeout is not None and not args.connect_timeout > 0:
+        raise ConfigError(f"--connect-timeout: expected a number of seconds > 0, got {args.connect_timeout:g}")
+    if args.clean_leaked and not args.address:
+        raise ConfigError("--clean-leaked: only with --address (a private local Ray starts without leftovers)")
     address = cluster.resolve_address(args.address) if args.address else None
     num_cpus = args.num_cpus or cluster.local_cpus()
     if args.num_cpus is not None and args.num_cpus < 1:
@@ -161,6 +185,9 @@ def validate(args: argparse.Namespace) -> Plan:
     from maae.data import resolve_categories
 
     categories = resolve_categories(data_root, categories_requested)
+    from maae.baseline import check_has_defects
+
+    check_has_defects(data_root, categories)  # every report shows the baseline, whose metrics need defects
     storage = args.storage.rstrip("/") if args.storage else None
     ray_storage = f"{storage}/{space.name}" if storage else str(results_dir / RAY_DIR)
     plan = Plan(args=args, space=space, preset=study_preset(space, args.preset), base=base, fixed=fixed,
@@ -170,6 +197,11 @@ def validate(args: argparse.Namespace) -> Plan:
     plan.env_vars = study_environment(local=address is None, storage=storage)
     if args.resume:
         _check_resume(plan)
+    from study.optuna_storage import resolve_optuna_storage
+    from study.protocol import KIND_SEARCH
+
+    plan.optuna_storage = resolve_optuna_storage(args.optuna_storage, results_dir, space.name,
+                                                 searched=space.kind == KIND_SEARCH, resume=args.resume)
     return plan
 
 
@@ -228,7 +260,7 @@ def _study_identity(plan: Plan) -> dict[str, Any]:
 
     return json.loads(json.dumps({
         "space": plan.space.raw, "data_root": str(plan.data_root), "categories": plan.categories,
-        "preset": plan.preset, "fixed": plan.fixed}, default=str))
+        "preset": plan.preset, "fixed": plan.fixed, "repeats": plan.space.repeats}, default=str))
 
 
 def study_environment(*, local: bool, storage: str | None = None) -> dict[str, str]:
@@ -262,15 +294,19 @@ def run(plan: Plan) -> int:
     warm_feature_cache(plan)
     started_ray = time.perf_counter()
     own_ray = not cluster.is_connected()  # a caller (e.g. a test session) may have connected already
+    timeout = plan.args.connect_timeout or (JOIN_TIMEOUT_S if plan.address else LOCAL_START_TIMEOUT_S)
     if not own_ray:
         where = "the Ray this process is connected to"
     elif plan.address is None:
-        cluster.start_local(plan.num_cpus, plan.env_vars, log_to_driver=plan.args.verbose)
+        cluster.start_local(plan.num_cpus, plan.env_vars, log_to_driver=plan.args.verbose, connect_timeout=timeout)
         where = f"local Ray ({plan.num_cpus} CPUs)"
     else:
-        cluster.join(plan.address, plan.env_vars, log_to_driver=plan.args.verbose)
+        cluster.join(plan.address, plan.env_vars, log_to_driver=plan.args.verbose, connect_timeout=timeout)
         where = f"the cluster at {plan.address}"
+    watch = cluster.watch(where) if own_ray else None  # a head that dies: one line and exit code 3
     try:
+        if plan.address is not None:
+            leaks.check_at_start(plan.address, cluster.dashboard_url(), clean=plan.args.clean_leaked, say=say)
         resources = cluster.cluster_resources()
         cluster.check_fits(plan.shape, resources, where)
         concurrent = cluster.max_concurrent_trials(plan.shape, resources, plan.args.max_concurrent)
@@ -280,7 +316,7 @@ def run(plan: Plan) -> int:
         return run_study(plan, concurrent)
     finally:
         if own_ray:
-            cluster.shutdown()
+            cluster.shutdown(watch)
 
 
 def warm_feature_cache(plan: Plan) -> None:
@@ -308,14 +344,16 @@ def run_study(plan: Plan, concurrent: int) -> int:
         base_config=plan.base, data_root=str(plan.data_root), categories=tuple(plan.categories),
         eval_every=space.eval_every, workers=plan.shape.workers, cpus_per_worker=plan.shape.cpus,
         gpus_per_worker=plan.shape.gpus, train_storage=f"{plan.ray_storage}/{TRAIN_RUNS}",
-        stop_registry=registry_name(str(plan.results_dir)), worker_retries=plan.args.worker_retries)
+        stop_registry=registry_name(str(plan.results_dir)), worker_retries=plan.args.worker_retries,
+        repeats=space.repeats)
     recorder_settings = RecorderSettings(
         results_dir=str(plan.results_dir), metric=space.metric, mode=space.mode,
         base_config=plan.base, hyper_columns=tuple(plan.hyper_columns),
         total_trials=space.total_trials)
     tuner_plan = driver.TunerPlan(space=space, base=plan.base, trial_settings=trial_settings,
                                   recorder_settings=recorder_settings, ray_storage=plan.ray_storage,
-                                  max_concurrent=concurrent, seed=plan.args.seed)
+                                  max_concurrent=concurrent, seed=plan.args.seed,
+                                  optuna_storage=plan.optuna_storage)
     study = study_payload(plan)
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     res.write_study_json(plan.results_dir, study)
@@ -324,6 +362,8 @@ def run_study(plan: Plan, concurrent: int) -> int:
     tuner = driver.restore_tuner(tuner_plan) if resumed else driver.build_tuner(tuner_plan)
     say(("resuming" if resumed else "starting") + f" study {space.name}: {space.total_trials} trial(s) "
         f"-> {plan.results_dir}")
+    if plan.optuna_storage:
+        say(f"Optuna records the search in {study['optuna_storage']} (optuna-dashboard opens it)")
     previous_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     interrupted = False
     try:
@@ -349,17 +389,21 @@ def study_payload(plan: Plan) -> dict[str, Any]:
 
         previous = json.loads(study_file.read_text(encoding="utf-8"))
     identity = _study_identity(plan)
+    from study import optuna_storage
+
     return {
         "name": space.name, "description": space.description, "space_file": str(space.path),
         "space": identity["space"], "command": res.command_line(), "data_root": str(plan.data_root),
         "categories": plan.categories, "preset": plan.preset, "metric": space.metric, "mode": space.mode,
         "metrics": list(space.metrics), "modes": list(space.modes), "kind": space.kind,
-        "searched": list(space.searched), "fixed": identity["fixed"], "versions": res.versions(),
+        "searched": list(space.searched), "fixed": identity["fixed"], "repeats": space.repeats,
+        "versions": res.versions(),
         "git_commit": res.git_commit(REPO_ROOT), "started_at": previous.get("started_at") or res.now_iso(),
         "ended_at": None, "status": STUDY_RUNNING, "num_samples": space.num_samples,
         "total_trials": space.total_trials, "best_trial_id": previous.get("best_trial_id"),
         "workers_per_trial": plan.shape.workers, "ray_storage": plan.ray_storage,
         "base_config": as_plain(plan.base.to_dict()),
+        **optuna_storage.study_record(plan.optuna_storage, space.name),
     }
 
 
@@ -370,6 +414,13 @@ def finish(plan: Plan, study: dict[str, Any], interrupted: bool) -> int:
     recorder.load_existing()
     unfinished = [r for r in recorder.trials.values() if r.status in (RUNNING, PENDING)]
     interrupted = interrupted or bool(unfinished) or len(recorder.trials) < plan.space.total_trials
+    if plan.optuna_storage and not interrupted:
+        from study.optuna_storage import fail_orphaned_trials
+
+        orphans = fail_orphaned_trials(plan.optuna_storage, plan.space.name)
+        if orphans:
+            say(f"marked {orphans} Optuna trial(s) that a killed run left running as failed (--resume proposed "
+                "new ones in their place)")
     best = recorder.best()
     best_dir = plan.results_dir / BEST_DIR
     if best is not None and best_dir.is_dir() and not plan.args.no_examples and not interrupted:
@@ -408,8 +459,9 @@ def print_summary(plan: Plan, recorder: res.StudyRecorder, best: res.TrialRecord
         print(f"no completed trial with a {plan.space.metric}; results in {plan.results_dir}")
         return
     params = ", ".join(f"{name}={best.params.get(name)}" for name in plan.space.searched)
+    seeds = f", mean over seeds {res.format_seeds(best.seeds)}" if len(best.seeds) > 1 else ""
     print(f"\nbest trial {best.trial_id} ({plan.space.metric} {best.means[plan.space.metric]:.4f}, "
-          f"{plan.space.mode}){': ' + params if params else ''}")
+          f"{plan.space.mode}{seeds}){': ' + params if params else ''}")
     rows = [[category, *[values.get(m) for m in METRIC_NAMES]] for category, values in best.per_category.items()]
     rows.append(["mean", *[best.means.get(m) for m in METRIC_NAMES]])
     print(res.table(rows, ["category", *METRIC_NAMES]))

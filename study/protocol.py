@@ -34,6 +34,15 @@ RESULT_PER_CATEGORY = "per_category"
 RESULT_TRAIN_SECONDS = "train_seconds"
 RESULT_WORLD_SIZE = "world_size"
 RESULT_STOPPED = "stopped"
+RESULT_NODE_ID = "node_id"  # the Ray node the reporting process (rank 0) runs on: where the epoch trained
+# Seed repeats (a space's ``repeats: k``): a trial trains its configuration with seeds base, base + 1, ...,
+# base + k - 1 and reports, every epoch, the mean over them under the keys above (the metric names, LOSS,
+# NOISE_PENALTY and PER_CATEGORY: category -> metric -> mean over the seeds), which is what Optuna and ASHA
+# see, and each seed's own values under these keys (JSON object keys are text: the seed as a string).
+RESULT_SEEDS = "seeds"  # list of the seeds, in training order (every result of a running trial)
+RESULT_N_SEEDS = "n_seeds"  # len(seeds)
+RESULT_SEED_METRICS = "seed_metrics"  # str(seed) -> {loss (when trained), every METRIC_NAMES (when evaluated)}
+RESULT_SEED_PER_CATEGORY = "seed_per_category"  # str(seed) -> category -> metric -> value (when evaluated)
 # Longest error text carried in a result (a traceback's last lines are enough to act on).
 MAX_ERROR_CHARS = 800
 
@@ -51,12 +60,21 @@ TRIALS_FILE = "trials.csv"
 PER_CATEGORY_FILE = "per_category.csv"
 HISTORY_FILE = "history.csv"
 BEST_DIR = "best"
+# A trial's checkpoint (and so ``best/``) is the first seed's MAAE run folder; with seed repeats, every other
+# seed's run folder sits inside it as ``SEED_RUNS_DIR/<SEED_RUN_PREFIX><seed>/``.
+SEED_RUNS_DIR = "seeds"
+SEED_RUN_PREFIX = "seed_"
 RAY_DIR = "ray"
 # Inside RAY_DIR (or --storage): Tune's experiment folder, and one Ray Train run folder per trial under it.
 TUNE_EXPERIMENT = "tune"
 TRAIN_RUNS = "train"
 REPORT_FILE = "report.html"
 REPORT_MARKDOWN_FILE = "comparison.md"
+# Written by the report (derived from the tables above; see docs/results-format.md).
+SETTINGS_FILE = "settings.csv"
+COMPARISONS_FILE = "comparisons.csv"
+RUNG_CORRELATIONS_FILE = "rung_correlations.csv"
+BASELINE_FILE = "baseline.csv"
 
 # Kinds of study (study.json ``kind``): an Optuna search, or every combination of a grid.
 KIND_SEARCH = "search"
@@ -81,12 +99,18 @@ STUDY_INTERRUPTED = "interrupted"
 TRIAL_ID = "trial_id"
 STATUS = "status"
 CATEGORY = "category"
-SEED_COLUMN = "seed"  # always a hyperparameter column: seed repeats are told apart by it
+SEED_COLUMN = "seed"  # always a hyperparameter column: the (first) seed of the trial
+# trials.csv: how many seeds the trial's metrics are means over, and which (SEED_SEPARATOR-joined, "0;1;2").
+N_SEEDS = "n_seeds"
+SEEDS = "seeds"
+SEED_SEPARATOR = ";"
 LOSS = "loss"
 EPOCH = "epoch"
 EPOCHS_DONE = "epochs_done"
 SECONDS = "seconds"
 ERROR = "error"
-TRIAL_RESULT_COLUMNS = (*METRIC_NAMES, LOSS, EPOCHS_DONE, SECONDS, ERROR)
-PER_CATEGORY_COLUMNS = (TRIAL_ID, CATEGORY, *METRIC_NAMES)
+NODE_ID = "node_id"  # the Ray node of the trial's last report (on a cluster: where it ran, or resumed)
+TRIAL_RESULT_COLUMNS = (*METRIC_NAMES, LOSS, EPOCHS_DONE, SECONDS, N_SEEDS, SEEDS, ERROR, NODE_ID)
+# One row per trial, seed and category: each seed's own metrics (trials.csv and history.csv hold the means).
+PER_CATEGORY_COLUMNS = (TRIAL_ID, SEED_COLUMN, CATEGORY, *METRIC_NAMES)
 HISTORY_COLUMNS = (TRIAL_ID, EPOCH, LOSS, *METRIC_NAMES)

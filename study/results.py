@@ -4,10 +4,15 @@
 :class:`StudyRecorder` knows nothing of Ray: the Tune callback in :mod:`study.tune.callback` hands it plain
 :class:`TrialSnapshot` values and each reported result. It keeps what it has seen, and reads back what an
 earlier (killed) run of the same study wrote, so ``--resume`` continues the tables instead of starting over.
+
+With seed repeats (``repeats: k``) a trial reports the means over its k seeds and each seed's own values
+(:mod:`study.protocol`): ``trials.csv`` and ``history.csv`` hold the means (and ``n_seeds``, ``seeds``),
+``per_category.csv`` one row per trial, seed and category.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import math
 import os
@@ -37,6 +42,8 @@ from study.protocol import (
     LOSS,
     METRIC_NAMES,
     MODE_MAX,
+    N_SEEDS,
+    NODE_ID,
     PENDING,
     PER_CATEGORY_COLUMNS,
     PER_CATEGORY_FILE,
@@ -46,10 +53,16 @@ from study.protocol import (
     RESULT_EVALUATED,
     RESULT_FINAL,
     RESULT_LOSS,
+    RESULT_NODE_ID,
     RESULT_PER_CATEGORY,
+    RESULT_SEED_PER_CATEGORY,
+    RESULT_SEEDS,
     RESULT_STOPPED,
     RUNNING,
     SECONDS,
+    SEED_COLUMN,
+    SEED_SEPARATOR,
+    SEEDS,
     STATUS,
     STATUSES,
     STOPPED,
@@ -84,8 +97,11 @@ class TrialRecord:
     params: dict[str, Any] = field(default_factory=dict)
     tune_status: str = TUNE_PENDING
     history: dict[int, dict[str, Any]] = field(default_factory=dict)
-    means: dict[str, float] = field(default_factory=dict)
-    per_category: dict[str, dict[str, float]] = field(default_factory=dict)
+    means: dict[str, float] = field(default_factory=dict)  # over categories and seeds
+    per_category: dict[str, dict[str, float]] = field(default_factory=dict)  # category -> means over seeds
+    seeds: list[int] = field(default_factory=list)  # the seeds the means are over (empty: not reported yet)
+    # seed -> category -> that seed's metrics; a result without seeds is the trial's own seed (params' seed).
+    seed_per_category: dict[int | None, dict[str, dict[str, float]]] = field(default_factory=dict)
     loss: float | None = None
     epochs_done: int = 0
     epochs: int | None = None
@@ -94,6 +110,7 @@ class TrialRecord:
     final: bool = False
     stopped: bool = False  # the trial ended early at the scheduler's request (ASHA)
     checkpoint_path: str | None = None
+    node_id: str | None = None  # the Ray node of the last report (trials.csv ``node_id``)
     # The raw parameters ``params`` was derived from: a trial's hyperparameter values are derived once per
     # distinct set of parameters, not on every Tune event.
     raw_params: dict[str, Any] | None = field(default=None, repr=False)
@@ -161,8 +178,12 @@ class StudyRecorder:
             record.seconds = float(result[TUNE_TIME_TOTAL])
         if RESULT_EPOCHS in result:
             record.epochs = int(result[RESULT_EPOCHS])
+        if result.get(RESULT_SEEDS):
+            record.seeds = [int(seed) for seed in result[RESULT_SEEDS]]
         if result.get(CHECKPOINT_PATH_KEY):
             record.checkpoint_path = str(result[CHECKPOINT_PATH_KEY])
+        if result.get(RESULT_NODE_ID):
+            record.node_id = str(result[RESULT_NODE_ID])
         if result.get(RESULT_STOPPED):
             record.stopped = True
         if RESULT_EPOCH not in result or result.get(RESULT_ERROR) or result.get(RESULT_STOPPED):
@@ -176,9 +197,10 @@ class StudyRecorder:
             means = {name: _number(result.get(name)) for name in METRIC_NAMES}
             row.update(means)
             record.means = means
-            per_category = result.get(RESULT_PER_CATEGORY) or {}
-            record.per_category = {str(cat): {name: _number(values.get(name)) for name in METRIC_NAMES}
-                                   for cat, values in per_category.items()}
+            record.per_category = _metric_table(result.get(RESULT_PER_CATEGORY) or {})
+            by_seed = result.get(RESULT_SEED_PER_CATEGORY)
+            record.seed_per_category = ({int(seed): _metric_table(table) for seed, table in by_seed.items()}
+                                        if by_seed else {None: record.per_category})
         previous = record.history.get(epoch, {})
         record.history[epoch] = {**previous, **{k: v for k, v in row.items() if v is not None}}
         if result.get(RESULT_FINAL):
@@ -198,14 +220,19 @@ class StudyRecorder:
             row.update({name: record.params.get(name) for name in self.hyper_columns})
             row.update({name: record.means.get(name) for name in METRIC_NAMES})
             row.update({LOSS: record.loss, EPOCHS_DONE: record.epochs_done, SECONDS: _round(record.seconds),
-                        ERROR: record.error or ""})
+                        N_SEEDS: len(record.seeds) or None, SEEDS: format_seeds(record.seeds),
+                        ERROR: record.error or "", NODE_ID: record.node_id or ""})
             rows.append(row)
-        return pd.DataFrame(rows, columns=[TRIAL_ID, STATUS, *self.hyper_columns, *TRIAL_RESULT_COLUMNS])
+        frame = pd.DataFrame(rows, columns=[TRIAL_ID, STATUS, *self.hyper_columns, *TRIAL_RESULT_COLUMNS])
+        return _integer_columns(frame, (N_SEEDS, SEED_COLUMN))
 
     def per_category_frame(self) -> pd.DataFrame:
-        rows = [{TRIAL_ID: record.trial_id, CATEGORY: category, **values}
-                for record in self.trials.values() for category, values in record.per_category.items()]
-        return pd.DataFrame(rows, columns=list(PER_CATEGORY_COLUMNS))
+        """One row per trial, seed and category (each seed's own metrics)."""
+        rows = [{TRIAL_ID: record.trial_id, SEED_COLUMN: record.params.get(SEED_COLUMN) if seed is None else seed,
+                 CATEGORY: category, **values}
+                for record in self.trials.values() for seed, table in record.seed_per_category.items()
+                for category, values in table.items()]
+        return _integer_columns(pd.DataFrame(rows, columns=list(PER_CATEGORY_COLUMNS)), (SEED_COLUMN,))
 
     def history_frame(self) -> pd.DataFrame:
         rows = [record.history[epoch] for record in self.trials.values() for epoch in sorted(record.history)]
@@ -243,16 +270,24 @@ class StudyRecorder:
             record.means = {name: _number(row.get(name)) for name in METRIC_NAMES}
             record.loss = _number(row.get(LOSS))
             record.epochs_done = int(_number(row.get(EPOCHS_DONE)) or 0)
+            record.seeds = parse_seeds(row.get(SEEDS))
             record.seconds = _number(row.get(SECONDS))
             error = row.get(ERROR)
             record.error = str(error) if isinstance(error, str) and error else None
+            node_id = row.get(NODE_ID)
+            record.node_id = str(node_id) if isinstance(node_id, str) and node_id else None
             status = str(row.get(STATUS))
             record.final = status == COMPLETED
             record.stopped = status == STOPPED
             record.tune_status = {COMPLETED: TUNE_TERMINATED, STOPPED: TUNE_TERMINATED}.get(status, TUNE_PENDING)
         for row in _read(self.results_dir / PER_CATEGORY_FILE).to_dict("records"):
             record = self.record(str(row[TRIAL_ID]))
-            record.per_category[str(row[CATEGORY])] = {name: _number(row.get(name)) for name in METRIC_NAMES}
+            seed = _number(row.get(SEED_COLUMN))  # absent from studies written before seed repeats
+            table = record.seed_per_category.setdefault(None if seed is None else int(seed), {})
+            table[str(row[CATEGORY])] = {name: _number(row.get(name)) for name in METRIC_NAMES}
+        for record in self.trials.values():
+            if record.seed_per_category:
+                record.per_category = _seed_means(record.seed_per_category)
         for row in _read(self.results_dir / HISTORY_FILE).to_dict("records"):
             record = self.record(str(row[TRIAL_ID]))
             epoch = int(row[EPOCH])
@@ -334,11 +369,51 @@ def command_line(argv: Sequence[str] | None = None) -> str:
 
 # ------------------------------------------------------------------------------------------ helpers ---
 
+def format_seeds(seeds: Sequence[int]) -> str:
+    """trials.csv's ``seeds`` cell: ``0;1;2`` (empty when not known yet)."""
+    return SEED_SEPARATOR.join(str(seed) for seed in seeds)
+
+
+def parse_seeds(cell: Any) -> list[int]:
+    """A ``seeds`` cell read back (pandas reads a single seed as a number): the list of seeds."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return []
+    if isinstance(cell, (int, float)):
+        return [int(cell)]
+    return [int(float(part)) for part in str(cell).split(SEED_SEPARATOR) if part.strip()]
+
+
+def _integer_columns(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Counts and seeds written as integers (``2``, not ``2.0``) even when some cells are still empty."""
+    for column in columns:
+        if column in frame.columns:
+            with contextlib.suppress(TypeError, ValueError):  # not whole numbers: left as they are
+                frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _metric_table(per_category: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, float | None]]:
+    return {str(category): {name: _number(values.get(name)) for name in METRIC_NAMES}
+            for category, values in per_category.items()}
+
+
+def _seed_means(by_seed: Mapping[Any, Mapping[str, Mapping[str, float | None]]]) -> dict[str, dict[str, float]]:
+    """Per category, each metric's mean over the seeds (NaN when a seed lacks it)."""
+    tables = list(by_seed.values())
+    categories = list(dict.fromkeys(category for table in tables for category in table))
+    return {category: {name: math.fsum(_nan(table.get(category, {}).get(name)) for table in tables) / len(tables)
+                       for name in METRIC_NAMES} for category in categories}
+
+
+def _nan(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _read(path: Path) -> pd.DataFrame:
     if not path.is_file():
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, dtype={TRIAL_ID: str, ERROR: str, CATEGORY: str})
+        return pd.read_csv(path, dtype={TRIAL_ID: str, ERROR: str, CATEGORY: str, NODE_ID: str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
 

@@ -11,6 +11,12 @@ Two kinds of study come out of a file:
   ``num_samples`` trials and ASHA may stop bad ones early.
 - ``grid``: ``grid:`` names parameters with lists of values; every combination runs (``num_samples`` times),
   with no searcher and no early stopping, as an ablation needs. A file with neither is a grid of one trial.
+
+``repeats: k`` (or ``--repeats K``) trains every configuration with k seeds inside its trial (see
+:mod:`study.tune.seed_group`); a seed axis in ``grid`` or ``search`` is the other way to repeat seeds, and
+the two cannot be combined. Besides MAAEConfig fields, ``search`` and ``grid`` accept ``lambda_ratio``
+(:data:`DERIVED_PARAMS`): ANG's ``lambda_re / lambda_ang``, the only combination of the two that matters
+under Adam; a trial's ``lambda_re`` is then ``lambda_ratio * lambda_ang``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import dataclasses
 import itertools
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -46,6 +52,8 @@ SCHEDULERS = (SCHEDULER_ASHA, SCHEDULER_NONE)
 
 DEFAULT_SEARCH_SAMPLES = 8
 DEFAULT_GRID_REPEATS = 1
+# Seeds per trial (``repeats``): one unless the space or ``--repeats`` says more.
+DEFAULT_REPEATS = 1
 DEFAULT_PRESET = "quick"
 DEFAULT_GRACE_PERIOD = 2
 DEFAULT_REDUCTION_FACTOR = 2
@@ -57,13 +65,25 @@ EVAL_FINAL_ONLY = 0
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 TOP_LEVEL_KEYS = ("name", "description", "metric", "mode", "num_samples", "preset", "fixed", "search", "grid",
-                  "scheduler", "eval_every")
+                  "scheduler", "eval_every", "repeats")
 PARAM_KEYS = ("type", "low", "high", "log", "step", "choices")
 SCHEDULER_KEYS = ("type", "grace_period", "reduction_factor")
 # Where a trial's configuration comes from, in its error messages (see :func:`trial_config`).
 TRIAL_SOURCE = "trial parameters"
 # The fields the frozen-backbone features depend on (one feature cache per combination).
 FEATURE_FIELDS = ("backbone", "backbone_weights", "image_size")
+
+# Parameters that ``search`` and ``grid`` accept besides MAAEConfig's fields, each with its type. W's optimiser
+# is Adam, which divides out the scale of its gradient, and ANG's gradient is lambda_ang times
+# (-dL_e/dW + lambda_re / lambda_ang * dR/dW): only the ratio of the two weights changes training, so a space
+# searches ``lambda_ratio`` and keeps lambda_ang where the preset (or ``fixed``, or ``--set``) puts it.
+LAMBDA_RATIO = "lambda_ratio"
+DERIVED_PARAMS = {LAMBDA_RATIO: PARAM_FLOAT}
+# The config fields a derived parameter sets in each trial (nothing else in the space may set them).
+DERIVED_TARGETS = {LAMBDA_RATIO: ("lambda_re",)}
+# Config fields that must not vary beside a derived parameter: varying them would bring back the axis it
+# removes (lambda_ang beside lambda_ratio is the common scale Adam ignores).
+DERIVED_EXCLUDES = {LAMBDA_RATIO: ("lambda_re", "lambda_ang")}
 
 
 @dataclass(frozen=True)
@@ -111,6 +131,7 @@ class StudySpace:
     grid: dict[str, tuple[Any, ...]]
     scheduler: SchedulerSpec
     eval_every: int
+    repeats: int = DEFAULT_REPEATS
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
     @property
@@ -138,6 +159,15 @@ class StudySpace:
         return tuple(self.grid)
 
     @property
+    def set_per_trial(self) -> tuple[str, ...]:
+        """The MAAEConfig fields a trial's parameters set: the varied fields, and the fields that the derived
+        parameters (``lambda_ratio``) set."""
+        names: list[str] = []
+        for name in self.searched:
+            names += DERIVED_TARGETS.get(name, (name,))
+        return tuple(dict.fromkeys(names))
+
+    @property
     def grid_size(self) -> int:
         """Number of combinations of a grid (1 for a grid with no axes)."""
         return math.prod(len(values) for values in self.grid.values())
@@ -148,8 +178,10 @@ class StudySpace:
             return self.grid_size * self.num_samples
         return self.num_samples
 
-    def with_overrides(self, *, name: str | None = None, num_samples: int | None = None) -> StudySpace:
-        """A copy with the command line's ``--name`` / ``--num-samples`` applied (validated)."""
+    def with_overrides(self, *, name: str | None = None, num_samples: int | None = None,
+                       repeats: Any = None) -> StudySpace:
+        """A copy with the command line's ``--name`` / ``--num-samples`` / ``--repeats`` applied (validated;
+        ``repeats`` may be the flag's text)."""
         changes: dict[str, Any] = {}
         if name is not None:
             changes["name"] = _check_name(name, "--name")
@@ -157,6 +189,8 @@ class StudySpace:
             if num_samples < 1:
                 raise ConfigError(f"--num-samples: expected an integer >= 1, got {num_samples}")
             changes["num_samples"] = num_samples
+        if repeats is not None:
+            changes["repeats"] = _parse_repeats(repeats, "--repeats", self.path, self.search, self.grid)
         return dataclasses.replace(self, **changes)
 
 
@@ -212,6 +246,10 @@ def parse_space(raw: Any, path: Path | str = "<space>") -> StudySpace:
     for name_ in (*[p.name for p in search], *grid):
         if name_ in fixed:
             raise ConfigError(f"{src}: fixed.{name_}: also varied by the space; expected it in one place")
+    _check_derived(src, "search" if has_search else "grid", [p.name for p in search] or list(grid), fixed)
+    repeats = DEFAULT_REPEATS
+    if "repeats" in raw:
+        repeats = _parse_repeats(raw["repeats"], f"{src}: repeats", path, search, grid)
 
     kind = KIND_SEARCH if search else KIND_GRID
     default_samples = DEFAULT_SEARCH_SAMPLES if kind == KIND_SEARCH else DEFAULT_GRID_REPEATS
@@ -224,7 +262,7 @@ def parse_space(raw: Any, path: Path | str = "<space>") -> StudySpace:
                           f"(1..{scheduler.grace_period}), got {raw.get('eval_every')!r}")
     return StudySpace(path=path, name=name, description=description, metrics=metrics, modes=modes,
                       num_samples=num_samples, preset=preset_name, fixed=fixed, search=search, grid=grid,
-                      scheduler=scheduler, eval_every=eval_every, raw=dict(raw))
+                      scheduler=scheduler, eval_every=eval_every, repeats=repeats, raw=dict(raw))
 
 
 def _check_name(value: Any, where: str) -> str:
@@ -238,6 +276,38 @@ def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{where}: expected an integer >= 1, got {value!r}")
     return value
+
+
+def _parse_repeats(value: Any, where: str, path: Path, search: tuple[ParamSpec, ...],
+                   grid: Mapping[str, Any]) -> int:
+    """``repeats`` (a space's key, or ``--repeats``'s text): seeds per trial, never beside a seed axis."""
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{where}: expected an integer >= 1 (seeds per trial), got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where}: expected an integer >= 1 (seeds per trial), got {value!r}")
+    axis = "search" if any(p.name == SEED_COLUMN for p in search) else "grid" if SEED_COLUMN in grid else None
+    if axis is not None:
+        raise ConfigError(f"{where}: {path} also varies {axis}.{SEED_COLUMN}; expected one way to repeat seeds: "
+                          f"repeats (seeds {SEED_COLUMN}, {SEED_COLUMN} + 1, ... inside every trial) or a "
+                          f"{SEED_COLUMN} axis without repeats")
+    return value
+
+
+def _check_derived(src: str, block: str, varied: list[str], fixed: Mapping[str, Any]) -> None:
+    """A derived parameter (``lambda_ratio``) sets its fields alone, and the fields it stands for stay put."""
+    for name in varied:
+        for other in DERIVED_EXCLUDES.get(name, ()):
+            if other in varied:
+                raise ConfigError(f"{src}: {block}.{other}: varied beside {block}.{name}, which sets "
+                                  f"{', '.join(DERIVED_TARGETS[name])} (only the ratio lambda_re / lambda_ang "
+                                  "matters under Adam); expected it fixed (or left at the preset's value)")
+        for target in DERIVED_TARGETS.get(name, ()):
+            if target in fixed:
+                raise ConfigError(f"{src}: fixed.{target}: set by {block}.{name} in every trial; expected it "
+                                  "in one place")
 
 
 def _parse_eval_every(value: Any, where: str) -> int:
@@ -271,6 +341,8 @@ def _parse_objectives(raw: Mapping, src: str) -> tuple[tuple[str, ...], tuple[st
 
 
 def _field_type(name: str, where: str) -> str:
+    if name in DERIVED_PARAMS:
+        return DERIVED_PARAMS[name]
     types = {f.name: getattr(f.type, "__name__", f.type) for f in fields(MAAEConfig)}
     if name not in types:
         raise ConfigError(f"{where}: unknown hyperparameter {name!r}; expected a MAAEConfig field: "
@@ -281,6 +353,8 @@ def _field_type(name: str, where: str) -> str:
 def _coerce_value(name: str, value: Any, where: str) -> Any:
     """One value coerced to the field's type by MAAEConfig's own rules (one-line error otherwise)."""
     _field_type(name, where)
+    if name in DERIVED_PARAMS:
+        return _coerce_derived(name, value, where)
     try:
         return MAAEConfig.from_dict({name: value}, source=where).to_dict()[name]
     except ConfigError as err:
@@ -288,6 +362,14 @@ def _coerce_value(name: str, value: Any, where: str) -> Any:
         if err.field is None or err.field == name:
             raise
         return _coerce_type_only(name, value, where)
+
+
+def _coerce_derived(name: str, value: Any, where: str) -> float:
+    """A derived parameter's value: a finite number >= 0 (``lambda_ratio`` makes lambda_re, which is >= 0)."""
+    number = _number(value, where, integer=False)
+    if number < 0:
+        raise ConfigError(f"{where}: expected a number >= 0 ({name} = lambda_re / lambda_ang), got {value!r}")
+    return float(number)
 
 
 def _coerce_type_only(name: str, value: Any, where: str) -> Any:
@@ -300,6 +382,10 @@ def _parse_fixed(block: Any, src: str) -> dict[str, Any]:
         return {}
     if not isinstance(block, Mapping):
         raise ConfigError(f"{src}: fixed: expected a mapping of hyperparameter: value, got {block!r}")
+    for key in block:
+        if key in DERIVED_PARAMS:
+            raise ConfigError(f"{src}: fixed.{key}: only searched or in a grid; expected the fields it sets "
+                              f"({', '.join(DERIVED_TARGETS[key])}) in fixed")
     return {str(key): _coerce_value(str(key), value, f"{src}: fixed.{key}") for key, value in block.items()}
 
 
@@ -433,7 +519,7 @@ def base_config(space: StudySpace, *, preset_name: str | None = None,
     """
     overrides = dict(overrides or {})
     for name in overrides:
-        if name in space.searched:
+        if name in space.searched or name in space.set_per_trial:
             raise ConfigError(f"--set {name}: {name} is varied by {space.path}; expected a field it does "
                               "not search")
     config = preset(study_preset(space, preset_name)).replace(f"{space.path}: fixed", **space.fixed)
@@ -447,9 +533,28 @@ def study_preset(space: StudySpace, preset_name: str | None) -> str:
 def trial_config(base: MAAEConfig, params: Mapping[str, Any]) -> MAAEConfig:
     """The configuration of one trial: ``base`` with the trial's sampled ``params`` (validated together).
 
-    Only :meth:`MAAEConfig.replace` merges; this names the source its error messages show.
+    Only :meth:`MAAEConfig.replace` merges; this names the source its error messages show. A derived
+    parameter becomes the fields it sets: ``lambda_ratio`` gives ``lambda_re = lambda_ratio * lambda_ang``.
     """
-    return base.replace(TRIAL_SOURCE, **params)
+    return base.replace(TRIAL_SOURCE, **resolve_params(base, params))
+
+
+def resolve_params(base: MAAEConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's parameters as MAAEConfig fields: every derived parameter replaced by the fields it sets."""
+    resolved = {name: value for name, value in params.items() if name not in DERIVED_PARAMS}
+    if LAMBDA_RATIO in params:
+        lambda_ang = MAAEConfig.coerce_field("lambda_ang", resolved.get("lambda_ang", base.lambda_ang),
+                                             source=TRIAL_SOURCE)
+        ratio = MAAEConfig.coerce_field("lambda_re", params[LAMBDA_RATIO], source=TRIAL_SOURCE)
+        resolved["lambda_re"] = ratio * lambda_ang
+    return resolved
+
+
+def hyperparameter_values(base: MAAEConfig, columns: Sequence[str], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's values of the ``trials.csv`` hyperparameter ``columns``: a derived parameter as sampled, every
+    field as the trial's configuration has it (after the merge)."""
+    config = trial_config(base, params)
+    return {name: params.get(name) if name in DERIVED_PARAMS else getattr(config, name) for name in columns}
 
 
 def check_against_base(space: StudySpace, base: MAAEConfig) -> None:
@@ -459,6 +564,10 @@ def check_against_base(space: StudySpace, base: MAAEConfig) -> None:
     only invalid together with another searched value (``residual_every`` above a sampled ``depth``) is
     reported per trial, as a failed trial.
     """
+    if LAMBDA_RATIO in space.searched and base.lambda_ang <= 0:
+        block = "search" if space.search else "grid"
+        raise ConfigError(f"{space.path}: {block}.{LAMBDA_RATIO}: lambda_re = {LAMBDA_RATIO} * lambda_ang needs "
+                          f"lambda_ang > 0 (set in fixed or --set), got {base.lambda_ang}")
     candidates: list[tuple[str, Any, str]] = []
     for param in space.search:
         where = f"{space.path}: search.{param.name}"
@@ -486,8 +595,10 @@ def study_overrides(space: StudySpace, cli_overrides: Mapping[str, Any], base: M
 
 
 def hyperparameter_columns(space: StudySpace, fixed: Mapping[str, Any]) -> list[str]:
-    """The hyperparameter columns of ``trials.csv``: searched, then fixed, then ``seed`` (always)."""
-    columns = list(space.searched) + [name for name in fixed if name not in space.searched]
+    """The hyperparameter columns of ``trials.csv``: searched, the fields derived parameters set (``lambda_re``
+    beside ``lambda_ratio``), then fixed, then ``seed`` (always: the trial's first seed)."""
+    columns = list(dict.fromkeys([*space.searched, *space.set_per_trial]))
+    columns += [name for name in fixed if name not in columns]
     if SEED_COLUMN not in columns:
         columns.append(SEED_COLUMN)
     return columns
@@ -572,6 +683,8 @@ def summary(space: StudySpace) -> str:
         varied = "; ".join(f"{n} in {list(v)}" for n, v in space.grid.items()) or "nothing (one trial)"
         repeats = f" x {space.num_samples}" if space.num_samples > 1 else ""
         how = f"grid of {space.grid_size}{repeats} = {space.total_trials} trials"
+    if space.repeats > 1:
+        how += f", {space.repeats} seeds per trial (metrics are their means)"
     return f"study {space.name}: {how}; objective {objective}\n  varies: {varied}"
 
 
@@ -593,9 +706,11 @@ __all__ = [
     "grid_combinations",
     "grid_param_space",
     "hyperparameter_columns",
+    "hyperparameter_values",
     "load_space",
     "optuna_distributions",
     "parse_space",
+    "resolve_params",
     "stated_distributions",
     "study_overrides",
     "study_preset",

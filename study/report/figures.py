@@ -79,17 +79,20 @@ def roc_figure(scores: pd.DataFrame, categories: Sequence[str]) -> tuple[go.Figu
 
 
 def spread_bars(
-    labels: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    labels: Sequence[str], series: Mapping[str, tuple[Sequence[float], Sequence[float], Sequence[float]]],
     title: str, paper: Mapping[str, Sequence[float]] | None = None,
 ) -> go.Figure:
-    """Horizontal grouped bars: ``series`` name -> (means, CI half widths) in percent, one bar per label;
-    ``paper`` name -> values drawn as diamonds beside them."""
+    """Horizontal grouped bars: ``series`` name -> (means, interval lows, interval highs) in percent, one bar
+    per label with its (possibly asymmetric) interval as error bars (none where a bound is NaN); ``paper``
+    name -> values drawn as diamonds beside them."""
     fig = go.Figure()
     names = [_clip_label(str(label)) for label in labels]
-    for name, (means, half) in series.items():
-        errors = [0.0 if np.isnan(h) else h for h in half]
+    for name, (means, lows, highs) in series.items():
+        above = [0.0 if np.isnan(h) else h - m for m, h in zip(means, highs, strict=True)]
+        below = [0.0 if np.isnan(low) else m - low for m, low in zip(means, lows, strict=True)]
         fig.add_trace(go.Bar(y=names, x=list(means), name=name, orientation="h",
-                             error_x={"type": "data", "array": errors, "visible": True}))
+                             error_x={"type": "data", "array": above, "arrayminus": below, "symmetric": False,
+                                      "visible": True}))
     for name, values in (paper or {}).items():
         fig.add_trace(go.Scatter(y=names, x=list(values), name=name, mode="markers",
                                  marker={"symbol": "diamond", "size": PAPER_MARKER_SIZE}))

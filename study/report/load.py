@@ -30,9 +30,11 @@ from study.protocol import (
     KIND_SEARCH,
     LOSS,
     METRIC_NAMES,
+    N_SEEDS,
     PER_CATEGORY_FILE,
     SECONDS,
     SEED_COLUMN,
+    SEEDS,
     STATUS,
     STATUSES,
     STUDY_FILE,
@@ -42,8 +44,9 @@ from study.protocol import (
 )
 from study.report.paper import MVTEC_CATEGORIES, is_mvtec, normalise_category
 
-# Columns of trials.csv that are not hyperparameters.
-RESULT_COLUMNS = frozenset({TRIAL_ID, STATUS, *TRIAL_RESULT_COLUMNS})
+# Columns of trials.csv that are not hyperparameters (N_SEEDS and SEEDS among them: a study with repeats
+# trains k seeds inside one trial and reports their means; an older study has neither column).
+RESULT_COLUMNS = frozenset({TRIAL_ID, STATUS, *TRIAL_RESULT_COLUMNS, N_SEEDS, SEEDS})
 # A text column becomes booleans only when it holds these words (pandas writes booleans as True/False), so a
 # column of 0/1 numbers stays numbers.
 BOOLEAN_NAMES = frozenset({"true", "false"})
@@ -153,7 +156,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     try:
-        frame = pd.read_csv(path, dtype={TRIAL_ID: str, ERROR: str})
+        frame = pd.read_csv(path, dtype={TRIAL_ID: str, ERROR: str, SEEDS: str})
     except pd.errors.EmptyDataError:
         return pd.DataFrame(columns=list(required))
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -181,7 +184,9 @@ def _read_trials(path: Path) -> pd.DataFrame:
     unknown = sorted(set(frame[STATUS]) - set(STATUSES))
     if unknown:
         raise DataError(f"{path}: column {STATUS!r} has {', '.join(unknown)}; expected one of {', '.join(STATUSES)}")
-    _numeric(frame, (*METRIC_NAMES, LOSS, EPOCHS_DONE, SECONDS), path)
+    _numeric(frame, (*METRIC_NAMES, LOSS, EPOCHS_DONE, SECONDS, N_SEEDS), path)
+    if SEEDS in frame.columns:
+        frame[SEEDS] = frame[SEEDS].fillna("").astype(str)
     if ERROR in frame.columns:
         frame[ERROR] = frame[ERROR].fillna("").astype(str)
     for column in frame.columns:

@@ -1,4 +1,5 @@
-"""The search section's numbers: an in-memory Optuna study rebuilt from trials.csv, and its importances.
+"""The search section's numbers: an in-memory Optuna study rebuilt from trials.csv, and its importances, at
+one fidelity at a time (:mod:`study.report.fidelity`: the completed trials, or one evaluated epoch).
 
 The study runner's Optuna study lives inside Ray Tune's searcher; the report rebuilds an equivalent one from
 the CSV (the source of truth) so Optuna's plots and importance evaluators can run on it. Distributions come
@@ -30,7 +31,8 @@ from optuna.importance import FanovaImportanceEvaluator, MeanDecreaseImpurityImp
 from optuna.trial import TrialState
 
 from maae.errors import ConfigError
-from study.protocol import FINISHED_STATUSES, MODE_MAX, STATUS, STUDY_FILE, TRIAL_ID
+from study.protocol import MODE_MAX, STATUS, STUDY_FILE, TRIAL_ID
+from study.report.fidelity import FINAL, Fidelity, asha_rungs, values_at
 from study.report.load import StudyResults
 from study.space import parse_space, stated_distributions
 
@@ -53,6 +55,7 @@ class SearchStudy:
     params: list[str]
     distributions: dict[str, BaseDistribution]
     sources: dict[str, str]  # parameter -> "study.json space" or "trial values (...)" with the reason
+    fidelity: Fidelity
 
     @property
     def finished_count(self) -> int:
@@ -150,25 +153,26 @@ def infer_distributions(results: StudyResults, params: Sequence[str]) -> tuple[d
     return distributions, sources
 
 
-def build_search_study(results: StudyResults) -> SearchStudy:
-    """An in-memory Optuna study of the finished trials (completed, and stopped ones at their last value)."""
+def build_search_study(results: StudyResults, fidelity: Fidelity = FINAL) -> SearchStudy:
+    """An in-memory Optuna study of the trials at one fidelity (:func:`~study.report.fidelity.values_at`):
+    the completed trials at their final value, or every trial that reported one evaluated epoch."""
     params = results.searched_params
     distributions, sources = infer_distributions(results, params)
     direction = "maximize" if results.mode == MODE_MAX else "minimize"
     with quiet_optuna():
         study = optuna.create_study(direction=direction, study_name=results.name)
-    has_metric = results.metric in results.trials.columns
-    finished = results.trials_with(FINISHED_STATUSES, results.metric) if has_metric else results.trials.iloc[:0]
+    values = values_at(results, fidelity, results.metric)
+    rows = results.trials[results.trials[TRIAL_ID].astype(str).isin(values.index)]
     trials = []
-    for _, row in finished.iterrows():
-        values = {p: _param_value(distributions[p], row[p]) for p in params if not pd.isna(row[p])}
+    for _, row in rows.iterrows():
+        chosen = {p: _param_value(distributions[p], row[p]) for p in params if not pd.isna(row[p])}
         trials.append(optuna.trial.create_trial(
-            params=values, distributions={p: distributions[p] for p in values},
-            value=float(row[results.metric]),
+            params=chosen, distributions={p: distributions[p] for p in chosen},
+            value=float(values[str(row[TRIAL_ID])]),
             user_attrs={TRIAL_ID: str(row[TRIAL_ID]), STATUS: str(row[STATUS])},
         ))
     study.add_trials(trials)
-    return SearchStudy(study, params, distributions, sources)
+    return SearchStudy(study, params, distributions, sources, fidelity)
 
 
 def _param_value(distribution: BaseDistribution, value: Any) -> Any:
@@ -191,12 +195,12 @@ def param_importances(search: SearchStudy) -> Importance:
     study has fewer than :data:`MIN_TRIALS_FOR_IMPORTANCE` finished trials or no varying parameter."""
     count = search.finished_count
     if count < MIN_TRIALS_FOR_IMPORTANCE:
-        return Importance({}, "", f"not available because the study has {count} finished trial(s); "
+        return Importance({}, "", f"not available because {count} trial(s) are at {search.fidelity.label}; "
                                   f"importances need at least {MIN_TRIALS_FOR_IMPORTANCE}")
     params = varying_in_study(search)
     if not params:
         return Importance({}, "", "not available because no searched hyperparameter varies among the "
-                                  "finished trials")
+                                  f"trials at {search.fidelity.label}")
     evaluators = (("fANOVA", FanovaImportanceEvaluator(seed=IMPORTANCE_SEED)),
                   ("Mean Decrease Impurity", MeanDecreaseImpurityImportanceEvaluator(seed=IMPORTANCE_SEED)))
     failures = []
@@ -207,10 +211,27 @@ def param_importances(search: SearchStudy) -> Importance:
             failures.append(f"{label} failed ({type(err).__name__}: {err})")
             continue
         values = {k: float(v) for k, v in values.items() if not math.isnan(v)}
-        note = f"{label} on {count} finished trials"
+        note = f"{label} on {count} trials at {search.fidelity.label}"
         if failures:
             note += "; " + "; ".join(failures)
         if len(params) == 1:
             note += "; only one hyperparameter varies, so it has all the importance by construction"
         return Importance(values, label, note)
     return Importance({}, "", "not available because " + "; ".join(failures))
+
+
+def importance_by_rung(results: StudyResults) -> pd.DataFrame:
+    """Importances at one fidelity at a time: the completed trials, then every ASHA rung (its epoch) that
+    enough trials reported. One row per fidelity: ``fidelity``, ``trials``, ``evaluator``, then one column
+    per searched parameter (NaN where not computed), and ``note``."""
+    rows = []
+    for fidelity in (FINAL, *[Fidelity(epoch) for epoch in asha_rungs(results)]):
+        search = build_search_study(results, fidelity)
+        if fidelity.epoch is not None and search.finished_count == 0:
+            continue
+        importance = param_importances(search)
+        rows.append({"fidelity": fidelity.label, "trials": search.finished_count,
+                     "evaluator": importance.evaluator or "–",
+                     **{p: importance.values.get(p, math.nan) for p in search.params},
+                     "note": "" if importance.values else importance.note})
+    return pd.DataFrame(rows, columns=["fidelity", "trials", "evaluator", *results.searched_params, "note"])

@@ -1,52 +1,58 @@
-"""The numbers a report shows beyond the raw tables: seed repeats with confidence intervals, the best trial
-and its repeats, and per-category aggregates.
+"""The statistics a report states, on plain arrays (no study knowledge): confidence intervals of a mean, the
+paired test between two settings, Holm's correction, the probability of improvement and a rank correlation.
 
-Seed repeats are trials whose settings differ only in ``seed``; their mean comes with a t-based confidence
-interval, and two settings' difference is judged against their pooled seed-to-seed spread (see
-:mod:`study.report.ablation`).
+Every function says what it does with the awkward cases instead of letting a library warn: one value gives
+no interval, all-equal values give a zero-width one, all-zero paired differences give p = 1, a constant
+input gives no correlation. Every random draw is seeded, so a report is the same every time it is written.
+
+- :func:`mean_ci`: t-based interval of a mean, for values that are i.i.d. draws of one quantity (one
+  category's score over seeds).
+- :func:`bootstrap_mean_ci`: percentile bootstrap of a setting's mean over a seeds x categories matrix,
+  resampling both axes, as rliable's stratified bootstrap with ``task_bootstrap`` does. A seed is one
+  training run that scored every category, so a seed is resampled as a whole row (its categories stay
+  together); the categories are resampled as columns.
+- :func:`paired_wilcoxon`: scipy's Wilcoxon signed-rank test on paired differences, with the method chosen
+  here and named in the result.
+- :func:`holm`: Holm's step-down adjustment of a family of p-values.
+- :func:`probability_of_improvement`: P(X > Y) over paired units, ties counting half.
+- :func:`rank_correlation`: Spearman's rank correlation with its p-value.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
-import pandas as pd
 from scipy import stats
 
-from study.protocol import (
-    BEST_DIR,
-    CATEGORY,
-    COMPLETED,
-    FINISHED_STATUSES,
-    METRIC_NAMES,
-    MODE_MAX,
-    PER_CATEGORY_FILE,
-    SEED_COLUMN,
-    STATUS,
-    TRIAL_ID,
-)
-from study.report.load import StudyResults, read_metric_table
-from study.report.paper import normalise_category
-
-# Seed statistics and the ablation use completed trials only: a stopped trial trained for fewer epochs.
-SEED_STATUSES = (COMPLETED,)
 CONFIDENCE = 0.95
-# A difference between two settings counts as real when |delta mean| > SPREAD_FACTOR x pooled std.
-SPREAD_FACTOR = 2.0
-DIFFERENCE_RULE = (
-    f"a difference counts as larger than the seed-to-seed spread when |Δ mean| > {SPREAD_FACTOR:g} × the "
-    "pooled standard deviation of the two rows over seeds, sqrt(((n₁−1)s₁² + (n₂−1)s₂²)/(n₁+n₂−2)); "
-    "it is undetermined when either row has fewer than 2 completed seeds"
-)
+# Bootstrap replicates of every interval, and the seed of their draws (rliable uses 50,000 for its figures;
+# 10,000 puts the 2.5 % quantile's Monte-Carlo error far below the last digit a report shows).
+BOOTSTRAP_REPS = 10_000
+BOOTSTRAP_SEED = 0
+# Exact null distributions: Wilcoxon's own tables up to this many non-zero differences without ties...
+EXACT_MAX_PAIRS = 50
+# ...and, with tied |differences|, every one of the 2**n sign patterns up to this n (2**13 = 8192).
+PERMUTATION_MAX_PAIRS = 13
+PERMUTATION_RESAMPLES = 2**PERMUTATION_MAX_PAIRS
+# Fewer points than this and a rank correlation is not computed.
+MIN_CORRELATION_POINTS = 3
+
+# How a p-value was obtained (the ``test`` column of comparisons.csv).
+TEST_EXACT = "Wilcoxon signed-rank, exact"
+TEST_PERMUTATION = "Wilcoxon signed-rank, exact over all sign patterns (tied differences)"
+TEST_ASYMPTOTIC = "Wilcoxon signed-rank, normal approximation with tie correction"
+TEST_ALL_ZERO = "all differences zero: p = 1 by definition"
+TEST_NO_PAIRS = "no paired units"
 
 
+# ------------------------------------------------------------------------------------- t interval ---
 @dataclass(frozen=True)
 class Spread:
-    """Mean of a metric over seed repeats with its sample std and t-based confidence interval."""
+    """Mean of a metric over repeats with its sample std and t-based confidence interval."""
 
     n: int
     mean: float
@@ -62,199 +68,208 @@ class Spread:
         return self.mean + self.half_width
 
 
+def _finite(values: Iterable[float]) -> np.ndarray:
+    return np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+
+
 def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> Spread:
-    """Mean, std and t-based confidence interval of the finite values (NaN parts when too few)."""
-    array = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=float)
+    """Mean, std and t-based confidence interval of the finite values (NaN parts when fewer than 2).
+
+    All-equal values give std 0 and a zero-width interval."""
+    array = _finite(values)
     n = int(array.size)
     if n == 0:
         return Spread(0, math.nan, math.nan, math.nan)
     if n == 1:
         return Spread(1, float(array[0]), math.nan, math.nan)
+    if np.all(array == array[0]):
+        return Spread(n, float(array[0]), 0.0, 0.0)
     std = float(array.std(ddof=1))
     quantile = float(stats.t.ppf((1.0 + confidence) / 2.0, df=n - 1))
     return Spread(n, float(array.mean()), std, quantile * std / math.sqrt(n))
 
 
-def pooled_std(a: Spread, b: Spread) -> float:
-    """Pooled standard deviation of two groups; NaN unless both have at least 2 values."""
-    if a.n < 2 or b.n < 2:
-        return math.nan
-    return math.sqrt(((a.n - 1) * a.std**2 + (b.n - 1) * b.std**2) / (a.n + b.n - 2))
-
-
-def exceeds_spread(row: Spread, reference: Spread) -> bool | None:
-    """The :data:`DIFFERENCE_RULE`: True/False, or None when either side has fewer than 2 seeds."""
-    spread = pooled_std(row, reference)
-    if math.isnan(spread):
-        return None
-    return abs(row.mean - reference.mean) > SPREAD_FACTOR * spread
-
-
-# ---------------------------------------------------------------------------------------- seed repeats
-def setting_keys(trials: pd.DataFrame, params: Sequence[str]) -> pd.Series:
-    """One string per trial that is equal exactly for trials with identical ``params`` values."""
-    if not params:
-        return pd.Series("", index=trials.index, dtype=str)
-    texts = trials[list(params)].apply(lambda column: column.map(_key_text))
-    return texts.agg("|".join, axis=1)
-
-
-def _key_text(value: Any) -> str:
-    return "<missing>" if _is_missing(value) else str(value)
-
-
-def _is_missing(value: Any) -> bool:
-    return value is None or (not isinstance(value, (str, bool)) and bool(pd.isna(value)))
-
-
-def setting_label(values: pd.Series | dict[str, Any], params: Sequence[str]) -> str:
-    """``use_ang=True, attention=mixed``; ``all trials`` when no parameter varies."""
-    if not params:
-        return "all trials"
-    return ", ".join(f"{p}={_short(values[p])}" for p in params)
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float) and not math.isnan(value):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def seed_groups(results: StudyResults, statuses: Sequence[str] = SEED_STATUSES) -> pd.DataFrame:
-    """One row per setting (identical hyperparameters except ``seed``) over the trials in ``statuses``.
-
-    Columns: ``key``, ``label``, the setting's parameter values, ``n_trials``, ``trial_ids`` and ``seeds``
-    (comma-separated), and for every metric ``<metric>_n``, ``_mean``, ``_std``, ``_half_ci`` (fractions).
-    Rows keep the order in which settings first appear in trials.csv.
-    """
-    grouping = [c for c in results.param_columns if c != SEED_COLUMN]
-    label_params = results.setting_params
-    chosen = results.trials_with(statuses)
-    columns = ["key", "label", *label_params, "n_trials", "trial_ids", "seeds",
-               *[f"{m}_{part}" for m in METRIC_NAMES for part in ("n", "mean", "std", "half_ci")]]
-    if chosen.empty:
-        return pd.DataFrame(columns=columns)
-    keys = setting_keys(chosen, grouping)
-    rows = []
-    for key, members in chosen.groupby(keys, sort=False):
-        first = members.iloc[0]
-        row: dict[str, Any] = {"key": key, "label": setting_label(first, label_params)}
-        row.update({p: first[p] for p in label_params})
-        row["n_trials"] = len(members)
-        row["trial_ids"] = ", ".join(members[TRIAL_ID].astype(str))
-        seeds = members[SEED_COLUMN].tolist() if SEED_COLUMN in members.columns else []
-        row["seeds"] = ", ".join(_short(s) for s in seeds)
-        for metric in METRIC_NAMES:
-            spread = mean_ci(members[metric]) if metric in members.columns else mean_ci([])
-            row.update({f"{metric}_n": spread.n, f"{metric}_mean": spread.mean,
-                        f"{metric}_std": spread.std, f"{metric}_half_ci": spread.half_width})
-        rows.append(row)
-    return pd.DataFrame(rows, columns=columns)
-
-
-def group_spread(group_row: pd.Series, metric: str) -> Spread:
-    """The :class:`Spread` stored in one row of :func:`seed_groups`."""
-    return Spread(int(group_row[f"{metric}_n"]), float(group_row[f"{metric}_mean"]),
-                  float(group_row[f"{metric}_std"]), float(group_row[f"{metric}_half_ci"]))
-
-
-# ------------------------------------------------------------------------------------------- best trial
+# ----------------------------------------------------------------------------- bootstrap interval ---
 @dataclass(frozen=True)
-class BestTrial:
-    """The study's best trial, the completed seed repeats of its setting, and how it was chosen."""
+class Interval:
+    """A setting's mean over its seeds, the bootstrap interval around it, and the seed-to-seed spread.
 
-    trial_id: str
-    row: pd.Series
-    provisional: bool  # chosen here from the finished trials because study.json names none (yet)
-    repeats: pd.DataFrame  # completed trials with the same settings except the seed (the best included)
+    ``low``/``high`` are NaN when there are fewer than 2 seeds (one seed says nothing about how another
+    seed would score); ``seed_std`` is the standard deviation of the per-seed means (ddof=1), NaN then too.
+    """
+
+    n_seeds: int
+    mean: float
+    low: float
+    high: float
+    seed_std: float
+
+    @property
+    def has_interval(self) -> bool:
+        return self.n_seeds >= 2 and not math.isnan(self.low)
+
+
+NO_VALUES = Interval(0, math.nan, math.nan, math.nan, math.nan)
+
+
+def _clean_matrix(matrix: np.ndarray) -> np.ndarray:
+    """The matrix without seeds (rows) or categories (columns) that have no finite value."""
+    array = np.asarray(matrix, dtype=float)
+    if array.ndim != 2:
+        raise ValueError(f"expected a seeds x categories matrix, got shape {array.shape}")
+    finite = np.isfinite(array)
+    return array[finite.any(axis=1)][:, finite.any(axis=0)]
+
+
+def _seed_means(block: np.ndarray) -> np.ndarray:
+    """Per-seed mean over categories along the last axis, then the mean over seeds (NaN cells left out)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # a resampled seed may draw only NaN cells
+        return np.nanmean(np.nanmean(block, axis=-1), axis=-1)
+
+
+def bootstrap_mean_ci(
+    matrix: np.ndarray, *, confidence: float = CONFIDENCE, reps: int = BOOTSTRAP_REPS, seed: int = BOOTSTRAP_SEED,
+    resample_categories: bool = True,
+) -> Interval:
+    """Mean over seeds of the per-seed mean over categories, with a percentile bootstrap interval.
+
+    ``matrix`` is seeds x categories (NaN: no value). Each replicate draws the seeds (whole rows) with
+    replacement and, with ``resample_categories``, the categories (columns) too, and recomputes the mean;
+    the interval is the replicates' (1 - confidence)/2 and (1 + confidence)/2 quantiles. Fewer than 2
+    seeds: no interval (NaN bounds). All finite values equal: a zero-width interval at that value.
+    """
+    array = _clean_matrix(matrix)
+    n_seeds, n_categories = array.shape
+    if n_seeds == 0:
+        return NO_VALUES
+    per_seed = _seed_means(array[:, None, :])
+    mean = float(per_seed.mean())
+    if n_seeds == 1:
+        return Interval(1, mean, math.nan, math.nan, math.nan)
+    values = array[np.isfinite(array)]
+    if np.all(values == values[0]):
+        return Interval(n_seeds, float(values[0]), float(values[0]), float(values[0]), 0.0)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, n_seeds, size=(reps, n_seeds))
+    columns = (rng.integers(0, n_categories, size=(reps, n_categories)) if resample_categories
+               else np.broadcast_to(np.arange(n_categories), (reps, n_categories)))
+    replicates = _seed_means(array[rows[:, :, None], columns[:, None, :]])
+    replicates = replicates[np.isfinite(replicates)]
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(replicates, [alpha, 1.0 - alpha])
+    return Interval(n_seeds, mean, float(low), float(high), float(per_seed.std(ddof=1)))
+
+
+# ---------------------------------------------------------------------------------- paired tests ---
+@dataclass(frozen=True)
+class PairedTest:
+    """Setting B against setting A on paired units (the same seed and category in both)."""
+
+    n_pairs: int
+    mean_a: float
+    mean_b: float
+    mean_difference: float  # mean of b - a over the pairs
+    statistic: float  # Wilcoxon's statistic as scipy reports it (NaN without pairs)
+    p_value: float  # two-sided; NaN without pairs
+    prob_improvement: float  # P(b > a) over the pairs, ties counting half
+    test: str  # how the p-value was obtained (one of the TEST_* texts)
+
+
+def probability_of_improvement(b: Sequence[float], a: Sequence[float]) -> float:
+    """P(B > A) over paired units: the share of pairs where b beats a, a tie counting half (NaN: no pairs)."""
+    b_array, a_array = np.asarray(b, dtype=float), np.asarray(a, dtype=float)
+    if b_array.shape != a_array.shape:
+        raise ValueError(f"paired values need the same shape, got {b_array.shape} and {a_array.shape}")
+    if b_array.size == 0:
+        return math.nan
+    return float(np.mean((b_array > a_array) + 0.5 * (b_array == a_array)))
+
+
+def _has_ties(values: np.ndarray) -> bool:
+    return bool(np.unique(values).size < values.size)
+
+
+def paired_wilcoxon(b: Sequence[float], a: Sequence[float]) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test of the paired differences b - a (pairs with a NaN left out).
+
+    Zero differences are dropped (Wilcoxon's own convention); when every difference is zero, p = 1. The
+    null distribution is exact when it can be: Wilcoxon's exact distribution for up to
+    :data:`EXACT_MAX_PAIRS` non-zero differences without ties, all 2**n sign patterns (scipy's permutation
+    method, which enumerates them) for up to :data:`PERMUTATION_MAX_PAIRS` with tied |differences|, and
+    otherwise the normal approximation with scipy's tie correction.
+    """
+    b_array, a_array = np.asarray(b, dtype=float), np.asarray(a, dtype=float)
+    if b_array.shape != a_array.shape:
+        raise ValueError(f"paired values need the same shape, got {b_array.shape} and {a_array.shape}")
+    keep = np.isfinite(b_array) & np.isfinite(a_array)
+    b_array, a_array = b_array[keep], a_array[keep]
+    n = int(b_array.size)
+    if n == 0:
+        return PairedTest(0, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan, TEST_NO_PAIRS)
+    differences = b_array - a_array
+    means = (float(a_array.mean()), float(b_array.mean()), float(differences.mean()))
+    improvement = probability_of_improvement(b_array, a_array)
+    nonzero = differences[differences != 0]
+    if nonzero.size == 0:
+        return PairedTest(n, *means, 0.0, 1.0, improvement, TEST_ALL_ZERO)
+    ties = _has_ties(np.abs(nonzero))
+    if not ties and nonzero.size <= EXACT_MAX_PAIRS:
+        method: str | stats.PermutationMethod = "exact"
+        test = TEST_EXACT
+    elif ties and nonzero.size <= PERMUTATION_MAX_PAIRS:
+        method = stats.PermutationMethod(n_resamples=PERMUTATION_RESAMPLES)
+        test = TEST_PERMUTATION
+    else:
+        method, test = "asymptotic", TEST_ASYMPTOTIC
+    result = stats.wilcoxon(nonzero, method=method)
+    return PairedTest(n, *means, float(result.statistic), float(result.pvalue), improvement, test)
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input order; NaN stays NaN and is no member of the family.
+
+    With the m finite p-values sorted ascending, p_(1) <= ... <= p_(m), the adjusted value of the i-th is
+    max over j <= i of min(1, (m - j + 1) * p_(j)). Rejecting where the adjusted value is below alpha keeps
+    the family-wise error rate at alpha.
+    """
+    array = np.asarray(p_values, dtype=float)
+    adjusted = np.full(array.shape, math.nan)
+    finite = np.flatnonzero(np.isfinite(array))
+    m = finite.size
+    if m == 0:
+        return adjusted
+    order = finite[np.argsort(array[finite], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * array[order])
+    adjusted[order] = np.maximum.accumulate(scaled)
+    return adjusted
+
+
+# ---------------------------------------------------------------------------------- correlation ---
+@dataclass(frozen=True)
+class Correlation:
+    """Spearman's rank correlation of paired values, or why there is none (``note``)."""
+
+    n: int
+    rho: float
+    p_value: float
     note: str
 
-    def spread(self, metric: str) -> Spread:
-        return mean_ci(self.repeats[metric]) if metric in self.repeats.columns else mean_ci([])
 
+def rank_correlation(x: Sequence[float], y: Sequence[float], names: tuple[str, str] = ("x", "y")) -> Correlation:
+    """Spearman's rho and its two-sided p-value over the pairs with both values finite.
 
-def best_trial(results: StudyResults) -> BestTrial | None:
-    """study.json's ``best_trial_id``; while it has none, the best finished trial by the study's metric."""
-    trials = results.trials
-    named = results.study.get("best_trial_id")
-    note = ""
-    if named is not None and str(named) in set(trials[TRIAL_ID]):
-        row = trials[trials[TRIAL_ID] == str(named)].iloc[0]
-        provisional = False
-    else:
-        if named is not None:
-            note = f"study.json names best trial {named}, which trials.csv does not list (yet). "
-        if results.metric not in trials.columns:
-            return None
-        candidates = results.trials_with(FINISHED_STATUSES, results.metric)
-        if candidates.empty:
-            return None
-        values = candidates[results.metric]
-        row = candidates.loc[values.idxmax() if results.mode == MODE_MAX else values.idxmin()]
-        provisional = True
-        note += (f"Provisional: the best finished trial by {results.metric} ({results.mode}) so far; "
-                 "study.json names no best trial yet.")
-    grouping = [c for c in results.param_columns if c != SEED_COLUMN]
-    keys = setting_keys(trials, grouping)
-    completed = trials[STATUS].isin(SEED_STATUSES)
-    repeats = trials[completed & (keys == keys.loc[row.name])]
-    return BestTrial(str(row[TRIAL_ID]), row, provisional, repeats, note)
-
-
-# ------------------------------------------------------------------------------------------ per category
-def per_category_matrix(
-    results: StudyResults, metric: str, rows: dict[str, Sequence[str]]
-) -> pd.DataFrame:
-    """``metric`` (fraction) averaged per category over each row's trials: index = row labels.
-
-    ``rows`` maps a label (a trial id, a setting, a study) to the trial ids it stands for. Categories
-    follow :meth:`StudyResults.categories`; rows with no per-category values are left out.
-    """
-    frame = results.per_category
-    categories = results.categories()
-    if frame.empty or metric not in frame.columns:
-        return pd.DataFrame(columns=categories)
-    out = {}
-    for label, trial_ids in rows.items():
-        members = frame[frame[TRIAL_ID].isin([str(t) for t in trial_ids])]
-        if not members.empty:
-            out[label] = members.groupby(CATEGORY)[metric].mean()
-    if not out:
-        return pd.DataFrame(columns=categories)
-    return pd.DataFrame(out).T.reindex(columns=categories)
-
-
-def trial_per_category(results: StudyResults, trial_id: str) -> tuple[pd.DataFrame, str]:
-    """One trial's per-category metrics (fractions) in category order, and where they came from.
-
-    From per_category.csv; for the best trial, best/per_category.csv when per_category.csv has no rows
-    for it yet. Empty frame when neither has any.
-    """
-    frame = results.per_category
-    own = frame[frame[TRIAL_ID] == str(trial_id)] if not frame.empty else frame
-    source = PER_CATEGORY_FILE
-    best_file = results.best_dir / PER_CATEGORY_FILE if results.best_dir is not None else None
-    is_named_best = str(results.study.get("best_trial_id")) == str(trial_id)
-    if own.empty and is_named_best and best_file is not None and best_file.is_file():
-        own = read_metric_table(best_file, (CATEGORY,))
-        own[CATEGORY] = own[CATEGORY].map(normalise_category)
-        source = f"{BEST_DIR}/{PER_CATEGORY_FILE}"
-    if own.empty:
-        return pd.DataFrame(columns=[CATEGORY, *METRIC_NAMES]), source
-    order = {c: i for i, c in enumerate(results.categories())}
-    own = own.assign(_order=own[CATEGORY].map(lambda c: order.get(c, len(order))))
-    own = own.sort_values(["_order", CATEGORY]).drop(columns="_order")
-    columns = [CATEGORY, *[m for m in METRIC_NAMES if m in own.columns]]
-    return own[columns].reset_index(drop=True), source
-
-
-def per_category_spread(results: StudyResults, trial_ids: Sequence[str], metric: str) -> pd.DataFrame:
-    """Per category, the :class:`Spread` of ``metric`` over ``trial_ids`` (seed repeats): n, mean, half_ci."""
-    frame = results.per_category
-    rows = []
-    if not frame.empty and metric in frame.columns:
-        members = frame[frame[TRIAL_ID].isin([str(t) for t in trial_ids])]
-        for category in results.categories():
-            spread = mean_ci(members.loc[members[CATEGORY] == category, metric])
-            rows.append({CATEGORY: category, "n": spread.n, "mean": spread.mean, "half_ci": spread.half_width})
-    return pd.DataFrame(rows, columns=[CATEGORY, "n", "mean", "half_ci"])
+    Fewer than :data:`MIN_CORRELATION_POINTS` pairs, or a side whose values are all equal, give no
+    correlation (NaN) and say why (``names`` name the two sides in that note)."""
+    x_array, y_array = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = np.isfinite(x_array) & np.isfinite(y_array)
+    x_array, y_array = x_array[keep], y_array[keep]
+    n = int(x_array.size)
+    if n < MIN_CORRELATION_POINTS:
+        return Correlation(n, math.nan, math.nan, f"{n} pair(s); a rank correlation needs at least "
+                                                  f"{MIN_CORRELATION_POINTS}")
+    for name, values in zip(names, (x_array, y_array), strict=True):
+        if np.all(values == values[0]):
+            return Correlation(n, math.nan, math.nan, f"all {n} values of {name} are equal, so ranks are undefined")
+    result = stats.spearmanr(x_array, y_array)
+    return Correlation(n, float(result.statistic), float(result.pvalue), "")

@@ -4,6 +4,10 @@
 Ray), rewrites ``trials.csv``, ``per_category.csv`` and ``history.csv``, copies the best trial's run folder
 to ``best/``, prints one progress line, and asks a :class:`ReportRefresher` to rebuild the HTML report in the
 background now and then.
+
+Where a trial's run folder is: a multi-worker trial's results carry its Ray Train checkpoint's path
+(``checkpoint_path``); a one-worker trial reports its checkpoint to Tune itself, which persists it after the
+result's callbacks and then tells :meth:`StudyCallback.on_checkpoint` where it is.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.tune.result import SHOULD_CHECKPOINT
 
 from maae.config import MAAEConfig
 from study import results as res
@@ -37,7 +42,7 @@ from study.protocol import (
     TUNE_ERROR,
     TUNE_TERMINATED,
 )
-from study.space import trial_config
+from study.space import hyperparameter_values
 
 # How often the HTML report is rebuilt while the study runs (the tables are rewritten on every event).
 REPORT_INTERVAL_S = 60.0
@@ -65,9 +70,9 @@ class RecorderSettings:
 
 
 def hyper_values(base_config: MAAEConfig, columns: tuple[str, ...], params: Mapping[str, Any]) -> dict:
-    """A trial's values of the ``trials.csv`` hyperparameter columns: its config's, after the merge."""
-    config = trial_config(base_config, params)
-    return {name: getattr(config, name) for name in columns}
+    """A trial's values of the ``trials.csv`` hyperparameter columns: its config's, after the merge (a derived
+    parameter such as ``lambda_ratio`` as sampled)."""
+    return hyperparameter_values(base_config, columns, params)
 
 
 class StudyCallback(tune.Callback):
@@ -77,7 +82,7 @@ class StudyCallback(tune.Callback):
     def __init__(self, settings: RecorderSettings) -> None:
         self.settings = settings
         self._recorder: res.StudyRecorder | None = None
-        self._best_copied: str | None = None
+        self._best_copied: tuple[str, str] | None = None  # (trial id, run folder) copied to best/
         self._ending = False
         self._reports: ReportRefresher | None = None
 
@@ -109,8 +114,17 @@ class StudyCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self.recorder.add_result(trial.trial_id, result)
+        if result.get(SHOULD_CHECKPOINT) and not result.get(CHECKPOINT_PATH_KEY):
+            # A one-worker trial's checkpoint of this result: Tune registers it next (on_checkpoint); until
+            # then the trial's last known run folder is an older epoch's, not to be copied to best/.
+            self.recorder.record(trial.trial_id).checkpoint_path = None
         self._refresh(trials)
         self._progress(trial.trial_id, result)
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        """A one-worker trial's checkpoint, persisted by Tune: the trial's run folder is now this one."""
+        self.recorder.record(trial.trial_id).checkpoint_path = str(checkpoint.path)
+        self._update_best()
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # Tune sets the trial's status after its callbacks ran: record the outcome it is about to get.
@@ -144,11 +158,11 @@ class StudyCallback(tune.Callback):
 
     def _update_best(self) -> None:
         best = self.recorder.best()
-        if best is None or best.trial_id == self._best_copied or not best.checkpoint_path:
+        if best is None or not best.checkpoint_path or (best.trial_id, best.checkpoint_path) == self._best_copied:
             return
         try:
             res.copy_run_folder(best.checkpoint_path, Path(self.settings.results_dir) / BEST_DIR)
-            self._best_copied = best.trial_id
+            self._best_copied = (best.trial_id, best.checkpoint_path)
         except OSError as err:
             # Mid-study this is usually a checkpoint Train is rotating; the next event retries it.
             if self._ending:

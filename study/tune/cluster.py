@@ -14,18 +14,19 @@ Concurrency is capped so that the workers of all running trials fit the cluster 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from maae.errors import ConfigError
+from study.tune import connect
+from study.tune.connect import RayUnavailableError
 
 # The trial driver's reservation: memory only, so it never competes with workers for CPUs or GPUs.
 TRIAL_DRIVER_MEMORY_BYTES = 64 * 1024 * 1024
-ADDRESS_PROBE_TIMEOUT_S = 3.0
 AUTO_ADDRESS = "auto"
 DASHBOARD_HOST = "127.0.0.1"
 
@@ -43,6 +44,9 @@ STUDY_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # Save Tune's experiment state every 2 s (not 10): a killed study re-runs less when resumed.
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
+    # One-worker trials checkpoint every epoch with few kept, so Tune saves its state at nearly every epoch on
+    # purpose (it then never points at a deleted checkpoint); its warning that this happens often is noise.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Tune's own console output (a settings box, result tables): the study prints its own progress lines.
     "RAY_AIR_NEW_OUTPUT": "0",
 }
@@ -137,7 +141,12 @@ def max_concurrent_trials(shape: WorkerShape, resources: ClusterResources, reque
 # ---------------------------------------------------------------------------------------- address ---
 
 def resolve_address(address: str) -> str:
-    """``auto`` or ``host:port`` -> a ``host:port`` that answers (one-line ConfigError otherwise)."""
+    """``auto`` or ``host:port`` -> a ``host:port`` where Ray's GCS answers.
+
+    A malformed address is bad input (:class:`ConfigError`, exit code 2); an address where no Ray answers
+    is a :class:`~study.tune.connect.RayUnavailableError` (exit code 3), raised within about
+    ``TCP_PROBE_TIMEOUT_S + GCS_HANDSHAKE_TIMEOUT_S`` seconds, never a hang.
+    """
     target = address
     if address == AUTO_ADDRESS:
         target = os.environ.get("RAY_ADDRESS", "")
@@ -147,21 +156,17 @@ def resolve_address(address: str) -> str:
 
                 target = canonicalize_bootstrap_address_or_die(AUTO_ADDRESS)
             except (ConnectionError, ValueError) as err:
-                raise ConfigError(f"--address auto: no running Ray cluster found on this machine "
-                                  f"({' '.join(str(err).split())[:160]}); start one with 'ray start --head'") from None
+                raise RayUnavailableError(
+                    f"--address auto: no running Ray cluster found on this machine "
+                    f"({' '.join(str(err).split())[:160]}); start one with 'ray start --head'") from None
     host, sep, port = target.rpartition(":")
     if target.startswith("ray://"):
         raise ConfigError(f"--address {address}: Ray Client addresses (ray://) are not supported; expected "
                           "host:port of the head node (GCS port, 6379 by default)")
     if not sep or not host or not port.isdigit():
         raise ConfigError(f"--address {address}: expected 'auto' or host:port (e.g. 10.0.0.1:6379)")
-    try:
-        with socket.create_connection((host, int(port)), timeout=ADDRESS_PROBE_TIMEOUT_S):
-            pass
-    except OSError as err:
-        via = f" (found {target})" if target != address else ""
-        raise ConfigError(f"--address {address}{via}: no Ray cluster answers there ({err.strerror or err}); "
-                          "expected the head node's host:port from 'ray start --head'") from None
+    via = f" (found {target})" if target != address else ""
+    connect.check_gcs(target, f"--address {address}{via}")
     return target
 
 
@@ -171,23 +176,73 @@ def runtime_env(env_vars: Mapping[str, str]) -> dict[str, Any]:
     return {"env_vars": dict(env_vars)}
 
 
-def start_local(num_cpus: int, env_vars: Mapping[str, str], *, log_to_driver: bool = False) -> None:
-    """A private Ray on this machine (dashboard on 127.0.0.1: Train's cleanup needs its State API)."""
+def start_local(num_cpus: int, env_vars: Mapping[str, str], *, log_to_driver: bool = False,
+                connect_timeout: float = connect.LOCAL_START_TIMEOUT_S) -> None:
+    """A private Ray on this machine (dashboard on 127.0.0.1: Train's cleanup needs its State API).
+
+    Bounded by ``connect_timeout``: a Ray that fails to start, or does not start in time, ends the process
+    with one line and exit code 3 (see :mod:`study.tune.connect`).
+    """
     import logging
 
     import ray
 
-    ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=DASHBOARD_HOST,
-             runtime_env=runtime_env(env_vars), logging_level=logging.WARNING, log_to_driver=log_to_driver)
+    describe = "local Ray (this machine)"
+    with connect.deadline(connect_timeout, describe):
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=DASHBOARD_HOST,
+                     runtime_env=runtime_env(env_vars), logging_level=logging.WARNING,
+                     log_to_driver=log_to_driver)
+        except Exception as err:  # noqa: BLE001 - whatever stops Ray from starting ends the study in one line
+            _shutdown_quietly()
+            raise RayUnavailableError(f"{describe}: Ray did not start ({connect.first_line(err)})") from None
 
 
-def join(address: str, env_vars: Mapping[str, str], *, log_to_driver: bool = False) -> None:
+def join(address: str, env_vars: Mapping[str, str], *, log_to_driver: bool = False,
+         connect_timeout: float = connect.JOIN_TIMEOUT_S) -> None:
+    """Connect to the cluster at ``address`` (bounded like :func:`start_local`)."""
     import logging
 
     import ray
 
-    ray.init(address=address, runtime_env=runtime_env(env_vars), logging_level=logging.WARNING,
-             log_to_driver=log_to_driver)
+    describe = f"--address {address}"
+    with connect.deadline(connect_timeout, describe):
+        try:
+            ray.init(address=address, runtime_env=runtime_env(env_vars), logging_level=logging.WARNING,
+                     log_to_driver=log_to_driver)
+        except Exception as err:  # noqa: BLE001 - whatever stops the connection ends the study in one line
+            _shutdown_quietly()
+            raise RayUnavailableError(f"{describe}: could not join the Ray cluster there "
+                                      f"({connect.first_line(err)})") from None
+
+
+def watch(describe: str) -> connect.GcsWatch:
+    """Start watching the GCS of the Ray this process is connected to (see :class:`connect.GcsWatch`):
+    if it stops answering during the study, one line naming it and exit code 3. Stop it with
+    :func:`shutdown`."""
+    gcs = gcs_address()
+    return connect.GcsWatch(gcs, f"{describe} (GCS {gcs})").start()
+
+
+def _shutdown_quietly() -> None:
+    import ray
+
+    with contextlib.suppress(Exception):  # already failing; the first error is the one reported
+        ray.shutdown()
+
+
+def current_node_id() -> str:
+    """The id of the Ray node this process runs on (a trial's results carry it: ``trials.csv`` node_id)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def gcs_address() -> str:
+    """The GCS address of the Ray this process is connected to (what the state API is asked with)."""
+    import ray
+
+    return ray.get_runtime_context().gcs_address
 
 
 def is_connected() -> bool:
@@ -226,8 +281,11 @@ def dashboard_url() -> str | None:
     return f"http://{url}" if url and not str(url).startswith("http") else url
 
 
-def shutdown() -> None:
+def shutdown(watch: connect.GcsWatch | None = None) -> None:
+    """Stop watching the GCS (first: shutting a local Ray down closes its port), then leave or stop Ray."""
     import ray
 
+    if watch is not None:
+        watch.stop()
     if ray.is_initialized():
         ray.shutdown()

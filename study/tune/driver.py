@@ -1,24 +1,28 @@
-"""The study's Tuner: one Tune trial = one Ray Train ``TorchTrainer`` run of MAAE workers.
+"""The study's Tuner: one Tune trial per sampled configuration.
 
-Ray Train V2 (the default in ray 2.60) is not a Tune trainable itself: each trial is a small Tune *function*
-(:func:`study.tune.trial.run_trial`, the trial's driver) that builds and fits a ``TorchTrainer`` whose
-workers run :func:`study.tune.train_loop.train_loop_per_worker`. ``TuneReportCallback`` turns every report of
-rank 0 into one Tune result, so ASHA and Optuna see per-epoch metrics, and
+Every trial is a Tune *function* trainable (:func:`study.tune.trial.run_trial`). A one-worker trial (the
+default) trains in that function, in Tune's own trial actor, and reports each epoch to Tune; a trial of two
+or more workers builds and fits a Ray Train ``TorchTrainer`` (DDP) whose ``TuneReportCallback`` turns every
+report of rank 0 into one Tune result. Either way ASHA and Optuna see per-epoch metrics, and
 :class:`study.tune.callback.StudyCallback` turns Tune's events into the results tables of
 :mod:`study.results` while the study runs. This module builds (or restores) the Tuner: the searcher
 (Optuna's TPE, told about failed and stopped trials), the scheduler (ASHA whose stops are requests, see
-:mod:`study.tune.stopping`) and the trainable with its resources.
+:mod:`study.tune.stopping`; for one-worker trials wrapped in Tune's ``ResourceChangingScheduler``, which
+gives CPUs left idle in a study's tail to the running trials, see :mod:`study.tune.resizing`) and the
+trainable with its resources.
 
 Fault tolerance, in layers:
-- a worker process that dies: Ray Train restarts the worker group from the trial's last checkpoint
-  (``ray.train.FailureConfig(max_failures=worker_retries)``);
+- a one-worker trial whose process dies: Tune restarts it from its last checkpoint
+  (``tune.FailureConfig(max_failures=worker_retries)``);
+- a worker process of a multi-worker trial that dies: Ray Train restarts the worker group from the trial's
+  last checkpoint (``ray.train.FailureConfig(max_failures=worker_retries)``);
 - a trial whose training raises (NaN loss, a setting only invalid at run time): the worker reports the error
   as the trial's last result and the trial ends normally, recorded as ``failed``; nothing retries it;
 - Train's controller cannot place the workers: ``controller_failure_limit`` makes it fail instead of waiting
   forever (the command line also refuses such a study up front);
-- the study's driver is killed: ``Tuner.restore`` continues unfinished trials, each from its Train run's
-  last checkpoint (Train runs are named after the trial, so a restarted trial finds its own run), and keeps
-  finished ones.
+- the study's driver is killed: ``Tuner.restore`` continues unfinished trials, each from its last
+  checkpoint (Tune's own for one-worker trials; for the others their Train run's, named after the trial so
+  a restarted trial finds its own run), and keeps finished ones.
 """
 
 from __future__ import annotations
@@ -31,23 +35,37 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from maae.config import MAAEConfig
+from study.optuna_storage import TRIAL_ID_ATTR, open_storage
 from study.protocol import KIND_SEARCH, RESULT_EPOCH, RESULT_ERROR, RESULT_STOPPED, TUNE_EXPERIMENT
 from study.space import SCHEDULER_ASHA, StudySpace, grid_param_space, optuna_distributions
 from study.tune.callback import RecorderSettings, StudyCallback, is_finite
 from study.tune.cluster import TRIAL_DRIVER_MEMORY_BYTES
+from study.tune.resizing import resizing_scheduler
 from study.tune.settings import TrialSettings
 from study.tune.stopping import request_stop
-from study.tune.trial import run_trial
+from study.tune.trial import run_trial, runs_in_trial
 
-# Tune reuses a trial driver's process for the next trial (saving a process start and Ray Train's imports per
-# trial). That is safe only because Tune never stops a running trial here (see GracefulASHA): a function
-# trainable stopped mid-run cannot be reset, and its Train run would keep its CPUs (a hang).
+# Tune reuses a multi-worker trial's driver process for the next trial (saving a process start and Ray
+# Train's imports per trial). That is safe only because Tune never stops a running trial here (see
+# GracefulASHA): a function trainable stopped mid-run cannot be reset, and its Train run would keep its CPUs
+# (a hang). One-worker trials cannot reuse actors: Tune's ResourceChangingScheduler refuses it (a trial whose
+# resources change needs a new actor).
 REUSE_TRIAL_ACTORS = True
+# Checkpoints Tune keeps per one-worker trial (each a whole MAAE run folder): two, so that the experiment state
+# Tune saved last always points at one that still exists, even if the study is killed between two saves.
+TUNE_CHECKPOINTS_KEPT = 2
 
 
 class GuardedOptunaSearch(OptunaSearch):
     """OptunaSearch that skips results without the metric (loss-only epochs, failure reports) and tells
-    Optuna that a trial which reported an error failed."""
+    Optuna that a trial which reported an error failed; each Optuna trial names its Tune trial (the user
+    attribute ``study.optuna_storage.TRIAL_ID_ATTR``, trials.csv's ``trial_id``)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        if trial_id in self._ot_trials:
+            self._ot_trials[trial_id].set_user_attr(TRIAL_ID_ATTR, trial_id)
+        return params
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
@@ -73,13 +91,18 @@ class GracefulASHA(AsyncHyperBandScheduler):
     def __init__(self, registry: str, **asha_options: Any) -> None:
         super().__init__(stop_last_trials=False, **asha_options)
         self.registry = registry
+        self.stops_requested: set[str] = set()
 
     def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
         decision = super().on_trial_result(tune_controller, trial, result)
         if decision == TrialScheduler.STOP:
             request_stop(self.registry, trial.trial_id)
+            self.stops_requested.add(trial.trial_id)
             return TrialScheduler.CONTINUE
         return decision
+
+    def stop_was_requested(self, trial_id: str) -> bool:
+        return trial_id in self.stops_requested
 
 
 # ---------------------------------------------------------------------------------------- tuner ---
@@ -95,6 +118,8 @@ class TunerPlan:
     ray_storage: str
     max_concurrent: int
     seed: int
+    # The Optuna RDB storage URL a search records its trials in (study.optuna_storage); None: in memory.
+    optuna_storage: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -104,7 +129,18 @@ class TunerPlan:
 
 def trainable(plan: TunerPlan) -> Any:
     with_settings = tune.with_parameters(run_trial, settings=plan.trial_settings)
-    return tune.with_resources(with_settings, {"memory": TRIAL_DRIVER_MEMORY_BYTES})
+    return tune.with_resources(with_settings, trial_resources(plan.trial_settings))
+
+
+def trial_resources(settings: TrialSettings) -> Any:
+    """What Tune reserves for one trial: a one-worker trial trains in Tune's actor, which takes the worker's
+    CPUs (and GPUs); a multi-worker trial's driver takes only a little memory, its workers are Train's."""
+    if runs_in_trial(settings):
+        bundle = {"CPU": settings.cpus_per_worker}
+        if settings.gpus_per_worker > 0:
+            bundle["GPU"] = settings.gpus_per_worker
+        return tune.PlacementGroupFactory([bundle])
+    return {"memory": TRIAL_DRIVER_MEMORY_BYTES}
 
 
 def max_epochs(space: StudySpace, base: MAAEConfig) -> int:
@@ -127,24 +163,35 @@ def build_tuner(plan: TunerPlan) -> tune.Tuner:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = open_storage(plan.optuna_storage) if plan.optuna_storage else None
         search_alg = GuardedOptunaSearch(space=optuna_distributions(space), metric=metric, mode=mode,
-                                         seed=plan.seed)
+                                         seed=plan.seed, storage=storage,
+                                         study_name=space.name if storage is not None else None)
     else:
         param_space = grid_param_space(space)
-    scheduler = None
+    asha = None
     if space.scheduler.type == SCHEDULER_ASHA:
         top = max_epochs(space, plan.base)
-        scheduler = GracefulASHA(plan.trial_settings.stop_registry, time_attr=RESULT_EPOCH, metric=space.metric,
-                                 mode=space.mode, max_t=top, grace_period=min(space.scheduler.grace_period, top),
-                                 reduction_factor=space.scheduler.reduction_factor)
+        asha = GracefulASHA(plan.trial_settings.stop_registry, time_attr=RESULT_EPOCH, metric=space.metric,
+                            mode=space.mode, max_t=top, grace_period=min(space.scheduler.grace_period, top),
+                            reduction_factor=space.scheduler.reduction_factor)
+    in_trial = runs_in_trial(plan.trial_settings)
+    scheduler: TrialScheduler | None = asha
+    if in_trial:
+        scheduler = resizing_scheduler(asha, asha.stop_was_requested if asha is not None else None)
+    # Tune retries a one-worker trial whose process died; a multi-worker trial's retries are Train's.
+    trial_retries = plan.trial_settings.worker_retries if in_trial else 0
     return tune.Tuner(
         trainable(plan),
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=space.num_samples,
-                                    max_concurrent_trials=plan.max_concurrent, reuse_actors=REUSE_TRIAL_ACTORS),
+                                    max_concurrent_trials=plan.max_concurrent,
+                                    reuse_actors=REUSE_TRIAL_ACTORS and not in_trial),
         run_config=tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=plan.ray_storage,
                                   callbacks=[StudyCallback(plan.recorder_settings)],
-                                  failure_config=tune.FailureConfig(max_failures=0), verbose=0),
+                                  failure_config=tune.FailureConfig(max_failures=trial_retries),
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
+                                  verbose=0),
     )
 
 

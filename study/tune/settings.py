@@ -33,6 +33,7 @@ class TrialSettings:
     train_storage: str  # where the trials' Ray Train runs keep their checkpoints
     stop_registry: str  # the actor through which the scheduler asks trials to stop (study.tune.stopping)
     worker_retries: int = DEFAULT_WORKER_RETRIES
+    repeats: int = 1  # seeds per trial (a space's ``repeats``): see study.tune.seed_group
 
 
 @dataclass(frozen=True)
@@ -45,3 +46,4 @@ class LoopSettings:
     eval_every: int
     trial_id: str | None = None  # with ``stop_registry``: where the scheduler's stop requests are asked for
     stop_registry: str | None = None
+    repeats: int = 1  # seeds trained side by side: config.seed, config.seed + 1, ... (study.tune.seed_group)

@@ -1,4 +1,7 @@
-"""The Ray Train loop of one trial: what every worker of a trial's ``TorchTrainer`` runs.
+"""The Ray Train loop of one trial of two or more workers: what every worker of its ``TorchTrainer`` runs.
+
+(A one-worker trial runs the same loop in Tune's own trial actor, without Ray Train: see
+:func:`study.tune.trial.run_trial`; only the channel differs, :mod:`study.tune.channel`.)
 
 It is MAAE's own training, unchanged: :class:`maae.engine.TrainingSession` calls ``maae.engine.train_step``,
 with each model wrapped by ``ray.train.torch.prepare_model`` (DDP when the trial has several workers, gloo on
@@ -38,6 +41,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     """Ray Train entry point. ``loop_config[SETTINGS_KEY]`` is the trial's
     :class:`~study.tune.settings.LoopSettings`. Returns
     ``{"error": ...}`` on rank 0 when the trial failed, else ``None``."""
+    from study.tune.channel import TrainChannel
     from study.tune.trial_worker import TrialWorker
 
-    return TrialWorker(loop_config[SETTINGS_KEY]).run()
+    return TrialWorker(loop_config[SETTINGS_KEY], TrainChannel()).run()

@@ -1,9 +1,19 @@
-"""One trial's driver: the Tune function that builds and fits the trial's Ray Train ``TorchTrainer``.
+"""One trial: the Tune function trainable that trains one sampled configuration.
 
-Tune runs :func:`run_trial` in a process of its own for every trial, and Ray Train's controller unpickles
-what the trainer holds; so this module (like :mod:`study.tune.train_loop`) imports only light things at the
-top. The trial's configuration travels as one validated :class:`~maae.config.MAAEConfig`: the study's base
-config, shipped once, with the trial's sampled parameters merged by :meth:`MAAEConfig.replace`.
+- **One worker** (``--workers-per-trial 1``, the default): the trial trains in Tune's own trial actor, without
+  Ray Train (:func:`run_in_trial`): no controller, placement-group cleaner, synchronisation actor or worker to
+  start, so a trial costs what its training costs. It reports every epoch with a checkpoint through
+  ``tune.report``; Tune's ``FailureConfig`` restarts a trial whose process died from that checkpoint, and
+  Tune's ``ResourceChangingScheduler`` restarts it from there with more CPUs when the study has spare ones.
+- **Two or more workers**: the trial is the driver of a Ray Train ``TorchTrainer`` (DDP across its workers,
+  :func:`fit_trainer`), whose workers run :func:`study.tune.train_loop.train_loop_per_worker`.
+
+Both run the same loop (:class:`study.tune.trial_worker.TrialWorker`); only the channel to Ray differs
+(:mod:`study.tune.channel`). Tune runs :func:`run_trial` in a process of its own for every trial, and Ray
+Train's controller unpickles what the trainer holds; so this module (like :mod:`study.tune.train_loop`)
+imports only light things at the top. The trial's configuration travels as one validated
+:class:`~maae.config.MAAEConfig`: the study's base config, shipped once, with the trial's sampled parameters
+merged by :meth:`MAAEConfig.replace`.
 """
 
 from __future__ import annotations
@@ -57,31 +67,52 @@ def _trainer_class() -> type:
 
 
 def run_trial(params: dict[str, Any], settings: TrialSettings) -> None:
-    """One trial's driver (a Tune function trainable): build and fit the trial's ``TorchTrainer``."""
-    import ray.train
-    from ray.train.torch import TorchConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
-
+    """One trial (a Tune function trainable): its loop here (one worker) or a ``TorchTrainer`` (several)."""
     try:
         config = trial_config(settings.base_config, params)
     except MAAEError as err:  # an invalid combination of sampled values: a failed trial, not a crash
         tune.report({RESULT_ERROR: str(err), RESULT_EPOCH: 0})
         return
-    trial_id = tune.get_context().get_trial_id()
+    loop = LoopSettings(config=config, data_root=settings.data_root, categories=settings.categories,
+                        eval_every=settings.eval_every, trial_id=tune.get_context().get_trial_id(),
+                        stop_registry=settings.stop_registry, repeats=settings.repeats)
+    if runs_in_trial(settings):
+        run_in_trial(loop)
+    else:
+        fit_trainer(loop, settings)
+
+
+def runs_in_trial(settings: TrialSettings) -> bool:
+    """Whether the trial trains in Tune's own trial actor (one worker) rather than through Ray Train."""
+    return settings.workers == 1
+
+
+def run_in_trial(loop: LoopSettings) -> None:
+    """Train in this process, Tune's trial actor, with the trial's current resources."""
+    from study.tune.channel import TuneChannel
+    from study.tune.trial_worker import TrialWorker
+
+    TrialWorker(loop, TuneChannel()).run()
+
+
+def fit_trainer(loop: LoopSettings, settings: TrialSettings) -> None:
+    """Build and fit the trial's ``TorchTrainer``: ``settings.workers`` DDP workers."""
+    import ray.train
+    from ray.train.torch import TorchConfig
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     use_gpu = settings.gpus_per_worker > 0
     per_worker = {"CPU": settings.cpus_per_worker}
     if use_gpu:
         per_worker["GPU"] = settings.gpus_per_worker
     trainer = _trainer_class()(
         train_loop_per_worker,
-        train_loop_config={SETTINGS_KEY: LoopSettings(
-            config=config, data_root=settings.data_root, categories=settings.categories,
-            eval_every=settings.eval_every, trial_id=trial_id, stop_registry=settings.stop_registry)},
+        train_loop_config={SETTINGS_KEY: loop},
         torch_config=TorchConfig(timeout_s=PROCESS_GROUP_TIMEOUT_S),
         scaling_config=ray.train.ScalingConfig(num_workers=settings.workers, use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
-            name=trial_id,
+            name=loop.trial_id,
             storage_path=settings.train_storage,
             callbacks=[TuneReportCallback()],
             failure_config=ray.train.FailureConfig(max_failures=settings.worker_retries,

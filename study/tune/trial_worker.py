@@ -1,6 +1,5 @@
-"""The training loop of one trial on one Ray Train worker (see :mod:`study.tune.train_loop` for what it does).
-
-The only module of ``study/`` that touches torch, and only through Ray Train's device and DDP helpers.
+"""The training loop of one trial, in Tune's trial actor (one worker) or on each Ray Train worker (DDP); see
+:mod:`study.tune.train_loop` for what it does and :mod:`study.tune.channel` for how it talks to Ray.
 """
 
 from __future__ import annotations
@@ -13,9 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from maae.config import MAAEConfig
-from maae.engine import EpochStats, PreparedData, TrainingSession, prepare_data
-from maae.evaluation import Evaluation, evaluate, normal_score_reference
-from maae.run_folder import load_checkpoint, write_resumable_run, write_run
+from maae.engine import EpochStats, PreparedData, prepare_data
+from maae.evaluation import Evaluation
 from study.protocol import (
     MAX_ERROR_CHARS,
     RESULT_EPOCH,
@@ -23,14 +21,14 @@ from study.protocol import (
     RESULT_ERROR,
     RESULT_EVALUATED,
     RESULT_FINAL,
-    RESULT_IMAGES_PER_SECOND,
-    RESULT_LOSS,
-    RESULT_NOISE_PENALTY,
-    RESULT_PER_CATEGORY,
+    RESULT_NODE_ID,
     RESULT_STOPPED,
     RESULT_TRAIN_SECONDS,
     RESULT_WORLD_SIZE,
 )
+from study.tune.channel import TrialChannel
+from study.tune.cluster import current_node_id
+from study.tune.seed_group import SeedGroup, seed_result
 from study.tune.settings import LoopSettings
 from study.tune.stopping import stop_requested
 
@@ -48,18 +46,17 @@ def describe_error(error: BaseException) -> str:
 class TrialWorker:
     """State of one worker during one trial (one attempt: Ray Train restarts it from its checkpoint)."""
 
-    def __init__(self, settings: LoopSettings) -> None:
-        import ray.train
-        import ray.train.torch
-
+    def __init__(self, settings: LoopSettings, channel: TrialChannel) -> None:
         self.settings = settings
-        context = ray.train.get_context()
-        self.rank = context.get_world_rank()
-        self.world_size = context.get_world_size()
-        self.device = ray.train.torch.get_device()
+        # Tune's trial actor (one worker) or a Ray Train worker (DDP): see study.tune.channel.
+        self.channel = channel
+        self.rank = channel.rank
+        self.world_size = channel.world_size
+        self.device = channel.device
         self.eval_every = settings.eval_every
         self.started = time.perf_counter()
-        self.session: TrainingSession | None = None
+        # The trial's training sessions, one per seed (``repeats``), trained side by side (study.tune.seed_group).
+        self.session: SeedGroup | None = None
         self.data: PreparedData | None = None
         self.config: MAAEConfig | None = None
         self._agree_last = ""
@@ -87,23 +84,17 @@ class TrialWorker:
 
     def _setup(self) -> None:
         config = self.settings.config
-        import ray.train
-        import ray.train.torch
-
         data = prepare_data(config, Path(self.settings.data_root), list(self.settings.categories),
                             device=self.device)
-        session = TrainingSession(config, data, device=self.device, wrap_model=ray.train.torch.prepare_model)
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                saved = load_checkpoint(Path(folder))
-            if not saved.belongs_to(config, data.categories):
-                raise RuntimeError(f"checkpoint in {checkpoint.path} belongs to another configuration")
-            session.load_state_dict(saved.state)
+        session = SeedGroup(config, data, repeats=self.settings.repeats, device=self.device,
+                            wrap_model=self.channel.model_wrapper)
+        with self.channel.restored_checkpoint() as folder:
+            if folder is not None:
+                session.load(folder)  # every seed, or an error naming the one that does not belong
         self.config, self.data, self.session = config, data, session
 
     def _epoch(self) -> dict[str, Any]:
-        """Train one epoch; on rank 0 also evaluate when due and write the checkpoint folder."""
+        """Train one epoch of every seed; on rank 0 also evaluate when due and write the checkpoint folder."""
         assert self.session is not None and self.config is not None
         stats = self.session.train_epoch()
         if self.rank != 0:
@@ -111,48 +102,39 @@ class TrialWorker:
         if self.session.epoch >= self.config.epochs:
             return self._finish(stats)
         due = self.eval_every > 0 and self.session.epoch % self.eval_every == 0
-        evaluation = self._evaluate() if due else None
+        evaluations = self._evaluate() if due else None
         folder = self._checkpoint_folder()
-        write_resumable_run(folder, self.session)
-        return {"metrics": self._metrics(stats, evaluation, final=False), "checkpoint_dir": folder}
+        self.session.write_resumable(folder)
+        return {"metrics": self._metrics(stats, evaluations, final=False), "checkpoint_dir": folder}
 
-    def _finish(self, stats: EpochStats | None) -> dict[str, Any]:
-        """After the last epoch: a complete MAAE run folder as the checkpoint, and the final metrics."""
+    def _finish(self, stats: list[EpochStats] | None) -> dict[str, Any]:
+        """After the last epoch: complete MAAE run folders (the first seed's, the others inside it under
+        ``seeds/``) as the checkpoint, and the final metrics."""
         assert self.session is not None and self.config is not None and self.data is not None
         if self.rank != 0:
             return {}
-        evaluation = self._evaluate()
-        models = self.session.evaluation_models()
-        reference = normal_score_reference(models, self.data, self.config, device=self.device)
         folder = self._checkpoint_folder()
-        write_run(folder, self.session, evaluation, normal_reference=reference,
-                  seconds=time.perf_counter() - self.started)
-        return {"metrics": self._metrics(stats, evaluation, final=True), "checkpoint_dir": folder}
+        evaluations = self.session.finish(folder, seconds=time.perf_counter() - self.started)
+        return {"metrics": self._metrics(stats, evaluations, final=True), "checkpoint_dir": folder}
 
-    def _evaluate(self) -> Evaluation:
-        assert self.session is not None and self.data is not None and self.config is not None
-        models = self.session.evaluation_models()
-        return evaluate(models, self.data, self.config, device=self.device)
+    def _evaluate(self) -> list[Evaluation]:
+        assert self.session is not None
+        return self.session.evaluate()
 
-    def _metrics(self, stats: EpochStats | None, evaluation: Evaluation | None, *, final: bool) -> dict[str, Any]:
+    def _metrics(self, stats: list[EpochStats] | None, evaluations: list[Evaluation] | None, *,
+                 final: bool) -> dict[str, Any]:
+        """The epoch's result: the means over the seeds (what Optuna and ASHA see) and each seed's values."""
         assert self.session is not None and self.config is not None
         metrics: dict[str, Any] = {
             RESULT_EPOCH: self.session.epoch,
             RESULT_EPOCHS: self.config.epochs,
             RESULT_FINAL: final,
-            RESULT_EVALUATED: evaluation is not None,
+            RESULT_EVALUATED: evaluations is not None,
             RESULT_TRAIN_SECONDS: round(time.perf_counter() - self.started, 3),
             RESULT_WORLD_SIZE: self.world_size,
+            RESULT_NODE_ID: current_node_id(),  # trials.csv node_id: where the trial ran (or resumed)
         }
-        if stats is not None:
-            metrics[RESULT_LOSS] = stats.loss
-            if stats.noise_penalty is not None:
-                metrics[RESULT_NOISE_PENALTY] = stats.noise_penalty
-            metrics[RESULT_IMAGES_PER_SECOND] = stats.images_per_second
-        if evaluation is not None:
-            metrics.update({name: float(value) for name, value in evaluation.means.items()})
-            metrics[RESULT_PER_CATEGORY] = {category: {name: float(value) for name, value in values.items()}
-                                            for category, values in evaluation.per_category.items()}
+        metrics.update(seed_result(self.session.seeds, stats, evaluations))
         return metrics
 
     def _checkpoint_folder(self) -> Path:
@@ -175,13 +157,9 @@ class TrialWorker:
         A rank that failed alone raises: Ray Train then restarts the worker group from the last checkpoint
         (a problem of that worker, not of the trial's settings).
         """
-        verdict = local_failure
-        if self.world_size > 1:
-            from ray.train.collective import broadcast_from_rank_zero
-
-            verdict = broadcast_from_rank_zero(local_failure)
-            if verdict is None and local_failure is not None:
-                raise RuntimeError(f"rank {self.rank} failed alone: {local_failure}")
+        verdict = self.channel.broadcast(local_failure)
+        if verdict is None and local_failure is not None:
+            raise RuntimeError(f"rank {self.rank} failed alone: {local_failure}")
         self._agree_last = verdict or ""
         return verdict is not None
 
@@ -191,20 +169,10 @@ class TrialWorker:
         if not name or not trial_id:
             return False
         requested = stop_requested(name, trial_id) if self.rank == 0 else False
-        if self.world_size > 1:
-            from ray.train.collective import broadcast_from_rank_zero
-
-            requested = bool(broadcast_from_rank_zero(requested))
-        return requested
+        return bool(self.channel.broadcast(requested))
 
     def _report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
-        if self.rank == 0 and checkpoint_dir is not None:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(str(checkpoint_dir)),
-                             delete_local_checkpoint_after_upload=True)
-        else:
-            ray.train.report(metrics)
+        self.channel.report(metrics, checkpoint_dir)
 
     def _report_failure(self, failure: str) -> dict[str, Any]:
         epoch = self.session.epoch if self.session is not None else 0

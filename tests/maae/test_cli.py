@@ -12,7 +12,9 @@ import pandas as pd
 import pytest
 import torch
 
+from maae.calibration import THRESHOLD_METRIC_NAMES
 from maae.cli import build_config, main
+from maae.evaluation import THRESHOLD_COLUMNS, VERDICT_COLUMNS
 from maae.metrics import METRIC_NAMES
 from maae.run_folder import (
     CHECKPOINT_FILE,
@@ -49,11 +51,12 @@ def test_train_writes_every_output(unified_run: Path):
         assert 0.0 <= metrics[name] <= 1.0, name
     assert metrics["epochs"] == 2
     per_category = pd.read_csv(unified_run / PER_CATEGORY_FILE)
-    assert list(per_category.columns) == ["category", *METRIC_NAMES]
+    # A calibrated run (the default validation split): the rates at the thresholds, then the thresholds.
+    assert list(per_category.columns) == ["category", *METRIC_NAMES, *THRESHOLD_METRIC_NAMES, *THRESHOLD_COLUMNS]
     assert sorted(per_category.category) == ["grass", "hex_nut"]
     assert per_category.image_auroc.mean() == pytest.approx(metrics["image_auroc"])
     scores = pd.read_csv(unified_run / SCORES_FILE)
-    assert list(scores.columns) == ["path", "category", "defect", "label", "score"]
+    assert list(scores.columns) == ["path", "category", "defect", "label", "score", *VERDICT_COLUMNS]
     assert len(scores) == 2 * (3 + 3 * 2)
     assert set(scores.label) == {0, 1}
     assert (scores.label == (scores.defect != "good")).all()

@@ -1,5 +1,6 @@
 """Deployment: export a trained run to ONNX and TorchScript, run the files with ``predict --model``, and get
-``predict --checkpoint``'s scores and files; bad input in one line with exit code 2."""
+``predict --checkpoint``'s scores, verdicts, masks and files; example pictures at the source resolution; bad
+input in one line with exit code 2."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ import pytest
 import torch
 from PIL import Image
 
+from maae.calibration import IMAGE_THRESHOLD_KEY, PER_CATEGORY_KEY, PIXEL_THRESHOLD_KEY
 from maae.cli import main
+from maae.engine import UNIFIED_KEY
+from maae.examples import EXAMPLE_COLUMNS, write_examples
 from maae.export import EXPORT_FORMAT_VERSION, METADATA_KEY, TORCHSCRIPT_METADATA_FILE
 from maae.predict import PREDICTION_COLUMNS
 from maae.run_folder import CHECKPOINT_FILE, CHECKPOINT_FORMAT_VERSION
@@ -23,6 +27,11 @@ from maae.run_folder import CHECKPOINT_FILE, CHECKPOINT_FORMAT_VERSION
 CATEGORIES = "hex_nut,grass"
 # The issue's bar: an exported file's scores equal the checkpoint's to 1e-4 on real images.
 PARITY_TOLERANCE = 1e-4
+# Map values within float32 rounding of the pixel threshold may fall on either side of it: the most mask pixels
+# an export may disagree on with the checkpoint, as a fraction of a mask.
+MASK_DISAGREEMENT = 1e-3
+# A source size that is neither square nor the tiny model's 64 x 64: (width, height).
+SOURCE_SIZE = (150, 96)
 
 
 def _set_args(overrides: list[str]) -> list[str]:
@@ -57,18 +66,22 @@ def test_exported_files_reproduce_the_checkpoint_on_real_images(run_dir: Path, e
     assert main(["predict", "--checkpoint", str(run_dir), *images, "--out", str(tmp_path / "checkpoint")]) == 0
     reference = pd.read_csv(tmp_path / "checkpoint" / "predictions.csv")
     assert len(reference) == 9 + 3
+    assert reference["mask"].notna().all() and reference.is_anomalous.dtype == bool  # the run is calibrated
     for export_format, path in exported.items():
         out = tmp_path / export_format
         assert main(["predict", "--model", str(path), *images, "--out", str(out)]) == 0
         predictions = pd.read_csv(out / "predictions.csv")
         assert list(predictions.columns) == list(PREDICTION_COLUMNS)
-        assert predictions.path.tolist() == reference.path.tolist()
-        assert predictions.model.tolist() == reference.model.tolist()
-        assert predictions.heatmap.tolist() == reference.heatmap.tolist()
+        for column in ("path", "model", "heatmap", "mask", "is_anomalous"):
+            assert predictions[column].tolist() == reference[column].tolist(), (export_format, column)
         difference = np.abs(predictions.score.to_numpy() - reference.score.to_numpy()).max()
         assert difference <= PARITY_TOLERANCE, (export_format, difference)
-        assert np.allclose(predictions.relative_score, reference.relative_score, atol=PARITY_TOLERANCE)
+        assert np.allclose(predictions.normalised_score, reference.normalised_score, atol=PARITY_TOLERANCE)
         assert all((out / heatmap).is_file() for heatmap in predictions.heatmap)
+        for mask in predictions["mask"]:
+            with Image.open(out / mask) as ours, Image.open(tmp_path / "checkpoint" / mask) as theirs:
+                disagree = np.mean(np.asarray(ours) != np.asarray(theirs))
+            assert disagree <= MASK_DISAGREEMENT, (export_format, mask, disagree)
 
 
 def test_exported_files_carry_their_metadata(run_dir: Path, exported: dict[str, Path]) -> None:
@@ -78,6 +91,7 @@ def test_exported_files_carry_their_metadata(run_dir: Path, exported: dict[str, 
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 deprecates torch.jit; it still loads
         torch.jit.load(str(exported["torchscript"]), _extra_files=extra)
     config = json.loads((run_dir / "config.json").read_text())
+    state = torch.load(run_dir / CHECKPOINT_FILE, weights_only=True)
     for text, export_format in ((onnx_metadata[METADATA_KEY], "onnx"), (extra[TORCHSCRIPT_METADATA_FILE],
                                                                          "torchscript")):
         metadata = json.loads(text)
@@ -88,19 +102,54 @@ def test_exported_files_carry_their_metadata(run_dir: Path, exported: dict[str, 
         assert len(metadata["normalisation"]["mean"]) == len(metadata["normalisation"]["std"]) == 3
         assert metadata["categories"] == config["categories"] == ["hex_nut", "grass"]
         assert set(metadata["normal_reference"]) >= {"map_median", "score_p99"}
+        # The calibrated thresholds travel with the file, pooled and per category, exactly as in the checkpoint.
+        saved = state["normal_reference"][UNIFIED_KEY]
+        for key in (IMAGE_THRESHOLD_KEY, PIXEL_THRESHOLD_KEY):
+            assert metadata["normal_reference"][key] == saved[key]
+            for category in ("hex_nut", "grass"):
+                assert metadata["normal_reference"][PER_CATEGORY_KEY][category][key] == \
+                    saved[PER_CATEGORY_KEY][category][key]
 
 
 def test_overlays_follow_the_source_resolution(run_dir: Path, exported: dict[str, Path], tiny_data: Path,
                                                tmp_path: Path) -> None:
     source = Image.open(next((tiny_data / "grass" / "test" / "hole").iterdir())).convert("RGB")
     wide = tmp_path / "wide.png"
-    source.resize((150, 96)).save(wide)  # not the model's 64 x 64, and not square
+    source.resize(SOURCE_SIZE).save(wide)  # not the model's 64 x 64, and not square
     for option, model in (("--checkpoint", run_dir), ("--model", exported["onnx"])):
         out = tmp_path / option.strip("-")
         assert main(["predict", option, str(model), str(wide), "--out", str(out)]) == 0
-        heatmap = out / pd.read_csv(out / "predictions.csv").heatmap[0]
-        with Image.open(heatmap) as picture:
-            assert picture.height == 96 and picture.width > 2 * 150
+        row = pd.read_csv(out / "predictions.csv").iloc[0]
+        with Image.open(out / row.heatmap) as picture:
+            assert picture.height == SOURCE_SIZE[1] and picture.width > 2 * SOURCE_SIZE[0]
+        with Image.open(out / row["mask"]) as mask:  # the binary defect mask, at the source resolution too
+            assert mask.size == SOURCE_SIZE and set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def _resized_copy(root: Path, out: Path, categories: list[str]) -> Path:
+    """The categories' files under ``root`` copied to ``out``, every image and mask resized to SOURCE_SIZE."""
+    for category in categories:
+        for path in (root / category).rglob("*.png"):
+            target = out / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with Image.open(path) as image:
+                is_mask = "ground_truth" in path.parts
+                image.resize(SOURCE_SIZE, Image.Resampling.NEAREST if is_mask else Image.Resampling.BILINEAR
+                             ).save(target)
+    return out
+
+
+def test_examples_are_drawn_at_the_source_resolution(run_dir: Path, tiny_data: Path, tmp_path: Path) -> None:
+    data = _resized_copy(tiny_data, tmp_path / "data", CATEGORIES.split(","))
+    frame = write_examples(run_dir, data, tmp_path / "examples", per_category=2)
+    assert list(frame.columns) == list(EXAMPLE_COLUMNS) and len(frame) == 4
+    assert frame.is_anomalous.notna().all()  # the run is calibrated: every example has a verdict
+    for row in frame.itertuples():
+        for kind in ("image", "mask", "heatmap"):
+            with Image.open(tmp_path / "examples" / getattr(row, kind)) as picture:
+                assert picture.size == SOURCE_SIZE, (kind, picture.size)
+        with Image.open(tmp_path / "examples" / row.panels) as picture:
+            assert picture.height == SOURCE_SIZE[1] and picture.width > 3 * SOURCE_SIZE[0]
 
 
 def test_export_refuses_bad_input_in_one_line(run_dir: Path, tmp_path: Path, capsys) -> None:

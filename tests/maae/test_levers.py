@@ -363,3 +363,17 @@ def test_scaling_both_lambdas_changes_nothing_under_adam(tiny: MAAEConfig):
     assert (reference["noise.weight"] - base.ang_init).abs().max().item() > 1e-2
     ratio_changed = _train_weights(base.replace(lambda_re=10.0))
     assert (reference["noise.weight"] - ratio_changed["noise.weight"]).abs().max().item() > 1e-2
+
+
+def test_at_uniform_w_the_first_step_ignores_both_lambdas(tiny: MAAEConfig):
+    """Issue 10, point 4, the start of training: W starts uniform, where the penalty R(W) is at its minimum
+    (zero gradient), so λ_re does nothing at all; and Adam's first step is lr * g / (|g| + eps), the gradient's
+    sign, so the scale λ_ANG does nothing either (up to eps, which W's smallest gradients feel). Both λ only
+    start to matter once W has moved, and then only through their ratio."""
+    base = tiny.replace(lambda_ang=0.6, lambda_re=1.0, lr=1e-2)
+    first_step = _train_weights(base, steps=1)["noise.weight"]
+    assert (first_step - base.ang_init).abs().min().item() > base.lr / 2  # every entry moved by about lr
+    penalty_only_changed = _train_weights(base.replace(lambda_re=50.0), steps=1)["noise.weight"]
+    assert torch.equal(first_step, penalty_only_changed)
+    scale_changed = _train_weights(base.replace(lambda_ang=6.0), steps=1)["noise.weight"]
+    assert torch.allclose(first_step, scale_changed, atol=base.lr / 50)

@@ -12,7 +12,8 @@ from tests.study.helpers import assert_usage_error, run_cli, study_args
 
 
 @pytest.mark.parametrize(("extra", "fragments"), [
-    (["--address", "127.0.0.1:1"], ("--address", "127.0.0.1:1")),
+    # (an --address where no Ray answers is exit code 3, not 2: tests/study/cluster/test_unreachable.py)
+    (["--address", "not-an-address"], ("--address", "host:port")),
     (["--workers-per-trial", "64"], ("--workers-per-trial", "CPUs")),
     (["--categories", "brick,unicorn"], ("unicorn",)),
 ])
@@ -38,3 +39,19 @@ def test_data_folder_that_does_not_exist_or_holds_no_category(
     assert_usage_error(run_cli(["--space", str(space), "--data", str(empty), "--results", str(tmp_path / "r")],
                                child_env), str(empty), "category")
     assert not (tmp_path / "r" / "nodata").exists()
+
+
+@pytest.mark.parametrize(("content", "extra", "fragments"), [
+    ({}, ["--repeats", "0"], ("--repeats", "integer >= 1", "got 0")),
+    ({}, ["--repeats", "two"], ("--repeats", "integer >= 1", "'two'")),
+    ({"repeats": 1.5}, [], ("repeats", "integer >= 1", "1.5")),
+    ({"repeats": 2, "grid": {"seed": [0, 1]}}, [], ("repeats", "grid.seed")),
+    ({"grid": {"seed": [0, 1]}}, ["--repeats", "3"], ("--repeats", "grid.seed")),
+], ids=["flag-zero", "flag-text", "file-float", "file-with-seed-axis", "flag-with-seed-axis"])
+def test_bad_repeats_are_one_line_exit_2_and_leave_nothing(
+        tmp_path: Path, tiny_data: Path, child_env: dict[str, str], space_file: Callable[..., Path],
+        content: dict, extra: list[str], fragments: tuple[str, ...]) -> None:
+    space = space_file(tmp_path, "badrepeats", **content)
+    assert_usage_error(run_cli([*study_args(space, tiny_data, tmp_path / "results"), *extra], child_env),
+                       *fragments)
+    assert not (tmp_path / "results" / "badrepeats").exists()

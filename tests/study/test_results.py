@@ -91,3 +91,67 @@ def test_what_the_recorder_writes_the_report_reads(tmp_path: Path) -> None:
                                        for status in protocol.STATUSES}
     assert results.trials.set_index("trial_id").loc["a", "image_auroc"] == pytest.approx(0.9)
     assert sorted(results.per_category.category) == ["x", "x", "y"]
+
+
+def seeds_result(epoch: int, values: dict[str, float], *, final: bool = False) -> dict:
+    """A result of a trial with seeds 4 and 5 whose categories x and y score ``values[seed_category]``."""
+    per_seed = {seed: {cat: {**METRICS, "image_auroc": values[f"{seed}{cat}"]} for cat in ("x", "y")}
+                for seed in ("4", "5")}
+    seed_means = {seed: sum(per_seed[seed][c]["image_auroc"] for c in ("x", "y")) / 2 for seed in per_seed}
+    per_category = {cat: {**METRICS, "image_auroc": (per_seed["4"][cat]["image_auroc"]
+                                                     + per_seed["5"][cat]["image_auroc"]) / 2} for cat in ("x", "y")}
+    return {"epoch": epoch, "epochs": 2, "loss": 0.5, "evaluated": True, "final": final, "seeds": [4, 5],
+            "n_seeds": 2, **METRICS, "image_auroc": sum(seed_means.values()) / 2, "per_category": per_category,
+            "seed_per_category": per_seed,
+            "seed_metrics": {seed: {**METRICS, "image_auroc": mean} for seed, mean in seed_means.items()}}
+
+
+def test_seed_repeats_write_means_and_one_row_per_seed_and_category(tmp_path: Path) -> None:
+    recorder = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
+                             hyper_values=lambda p: {"lr": p["lr"], "seed": 4})
+    recorder.observe(TrialSnapshot("a", "RUNNING", {"lr": 0.1}))
+    recorder.add_result("a", {"epoch": 1, "epochs": 2, "loss": 0.9, "evaluated": False, "seeds": [4, 5],
+                              "n_seeds": 2})
+    recorder.add_result("a", seeds_result(2, {"4x": 0.2, "4y": 0.4, "5x": 0.6, "5y": 1.0}, final=True))
+    recorder.observe(TrialSnapshot("a", "TERMINATED", {"lr": 0.1}))
+    recorder.observe(TrialSnapshot("b", "PENDING", {"lr": 0.2}))
+    recorder.write()
+
+    trials = pd.read_csv(tmp_path / protocol.TRIALS_FILE, dtype={"trial_id": str, "error": str}).set_index("trial_id")
+    assert trials.loc["a", "image_auroc"] == pytest.approx(0.55)  # the mean over seeds and categories
+    assert trials.loc["a", "n_seeds"] == 2 and trials.loc["a", "seeds"] == "4;5" and trials.loc["a", "seed"] == 4
+    assert math.isnan(trials.loc["b", "n_seeds"])  # not reported yet
+    assert "2.0" not in (tmp_path / protocol.TRIALS_FILE).read_text()  # counts and seeds written as integers
+    per_category = pd.read_csv(tmp_path / protocol.PER_CATEGORY_FILE, dtype={"trial_id": str})
+    assert list(per_category.columns) == list(protocol.PER_CATEGORY_COLUMNS)
+    assert list(zip(per_category.seed, per_category.category, per_category.image_auroc, strict=True)) == [
+        (4, "x", 0.2), (4, "y", 0.4), (5, "x", 0.6), (5, "y", 1.0)]
+    history = pd.read_csv(tmp_path / protocol.HISTORY_FILE, dtype={"trial_id": str})
+    assert list(history.columns) == list(protocol.HISTORY_COLUMNS)  # history holds the means only
+    assert history.set_index("epoch").loc[2, "image_auroc"] == pytest.approx(0.55)
+
+    again = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
+                          hyper_values=dict)
+    again.load_existing()
+    record = again.trials["a"]
+    assert record.seeds == [4, 5] and record.status == "completed"
+    assert record.seed_per_category[5]["y"]["image_auroc"] == pytest.approx(1.0)
+    assert record.per_category["x"]["image_auroc"] == pytest.approx(0.4)  # category means over the seeds
+    again.write()  # a resumed study rewrites the same tables
+    assert pd.read_csv(tmp_path / protocol.PER_CATEGORY_FILE, dtype={"trial_id": str}).equals(per_category)
+
+
+def test_a_trial_without_seed_repeats_has_one_seed(tmp_path: Path) -> None:
+    """A result without seeds (a study written before seed repeats, or a grid's seed axis) is the trial's
+    own seed: n_seeds stays empty, and per_category.csv takes the seed from the trial's parameters."""
+    recorded_study(tmp_path)
+    per_category = pd.read_csv(tmp_path / protocol.PER_CATEGORY_FILE, dtype={"trial_id": str})
+    assert set(per_category.seed) == {0}
+    old_layout = per_category.drop(columns="seed")  # as written before per_category.csv had a seed column
+    old_layout.to_csv(tmp_path / protocol.PER_CATEGORY_FILE, index=False)
+    again = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr", "seed"],
+                          hyper_values=dict)
+    again.load_existing()
+    assert again.trials["a"].per_category["y"]["image_auroc"] == pytest.approx(0.5)
+    again.write()
+    assert set(pd.read_csv(tmp_path / protocol.PER_CATEGORY_FILE).seed) == {0}

@@ -22,18 +22,20 @@ from study.space import (
     feature_variants,
     grid_combinations,
     hyperparameter_columns,
+    hyperparameter_values,
     load_space,
     optuna_distributions,
     parse_space,
     stated_distributions,
     study_overrides,
+    summary,
     trial_config,
 )
 from tests.study.helpers import REPO_ROOT
 
 REPO = REPO_ROOT
 SPACES = REPO / "search_spaces"
-SHIPPED = ("ang", "attention", "ablation", "paradigm", "paper")
+SHIPPED = ("ang", "attention", "ablation", "paradigm", "paper", "ang_pareto", "lever_resolution")
 
 
 def write_space(tmp_path: Path, content: object, name: str = "space.yaml") -> Path:
@@ -66,26 +68,37 @@ def test_shipped_spaces_are_valid_with_both_presets(name: str, preset_name: str)
     check_against_base(space, base)
     assert space.name == name
     assert space.metric == "image_auroc" and space.mode == "max"
+    # No shipped space searches a degenerate axis: never both of ANG's weights (only their ratio matters).
+    assert not {"lambda_ang", "lambda_re"} <= set(space.set_per_trial)
 
 
-def test_ang_searches_the_noise_generator_with_tpe_and_asha() -> None:
-    space = load_space(SPACES / "ang.yaml")
+@pytest.mark.parametrize("name", ["ang", "ang_pareto"])
+def test_ang_searches_the_noise_intensity_and_the_ratio_of_the_two_lambdas(name: str) -> None:
+    space = load_space(SPACES / f"{name}.yaml")
     assert space.kind == KIND_SEARCH
-    assert set(space.searched) == {"noise_intensity", "lambda_ang", "lambda_re"}
-    assert space.scheduler.type == SCHEDULER_ASHA
+    assert set(space.searched) == {"noise_intensity", "lambda_ratio"}
+    assert space.set_per_trial == ("noise_intensity", "lambda_re")
+    if name == "ang":
+        assert space.scheduler.type == SCHEDULER_ASHA
     distributions = optuna_distributions(space)
-    assert distributions["noise_intensity"].log is True
-    assert distributions["noise_intensity"].low > 0
+    assert distributions["noise_intensity"].log is True and distributions["noise_intensity"].low > 0
+    assert distributions["lambda_ratio"].log is True
+    # The ratio reaches the paper's setting (lambda_re 1 / lambda_ang 0.6) and every ratio the old space did.
+    assert distributions["lambda_ratio"].low <= 0.1 and distributions["lambda_ratio"].high >= 40
+    base = base_config(space)
+    config = trial_config(base, {"noise_intensity": 1.0, "lambda_ratio": 2.5})
+    assert config.lambda_ang == base.lambda_ang == 0.6 and config.lambda_re == pytest.approx(1.5)
+    assert "lambda_ratio" in (SPACES / f"{name}.yaml").read_text() and "Adam" in (SPACES / "ang.yaml").read_text()
 
 
-def test_ablation_is_the_2x2x2_grid_with_two_seeds() -> None:
+def test_ablation_is_the_2x2x2_grid_with_three_seeds_per_trial() -> None:
     space = load_space(SPACES / "ablation.yaml")
     assert space.kind == KIND_GRID and space.scheduler.type == SCHEDULER_NONE
     assert space.grid["use_ang"] == (True, False) and space.grid["use_ffm"] == (True, False)
     assert space.grid["attention"] == ("mixed", "spatial")
-    assert len(space.grid["seed"]) >= 2
+    assert space.repeats >= 3 and "seed" not in space.grid
     combinations = grid_combinations(space)
-    assert len(combinations) == space.total_trials == 8 * len(space.grid["seed"])
+    assert len(combinations) == space.total_trials == 8
     assert len({tuple(sorted(c.items())) for c in combinations}) == len(combinations)
     assert space.eval_every == EVAL_FINAL_ONLY
 
@@ -111,7 +124,8 @@ def test_multi_objective_space_has_no_asha() -> None:
 def test_schema_readme_documents_every_key() -> None:
     text = (SPACES / "README.md").read_text(encoding="utf-8")
     for key in ("name", "description", "metric", "mode", "num_samples", "preset", "fixed", "search", "grid",
-                "scheduler", "eval_every", "low", "high", "log", "step", "choices", "categorical"):
+                "scheduler", "eval_every", "repeats", "lambda_ratio", "low", "high", "log", "step", "choices",
+                "categorical"):
         assert f"`{key}`" in text, key
 
 
@@ -307,6 +321,86 @@ def test_log_with_step_and_unknown_param_key(tmp_path: Path) -> None:
                                                              "step": 1e-4}}}, "a.yaml"), "search.lr.step")
     one_line_error(write_space(tmp_path, {"search": {"lr": {"low": 1e-4, "hi": 1e-2}}}, "b.yaml"),
                    "search.lr", "unknown key 'hi'")
+
+
+# ---------------------------------------------------------------------------------- seed repeats ---
+
+def test_repeats_from_the_file_and_from_the_command_line(tmp_path: Path) -> None:
+    plain = load_space(write_space(tmp_path, MINIMAL_SEARCH, "plain.yaml"))
+    assert plain.repeats == 1 and "seeds per trial" not in summary(plain)
+    space = load_space(write_space(tmp_path, {"repeats": 3, "grid": {"use_ang": [True, False]}}, "r.yaml"))
+    assert space.repeats == 3 and space.total_trials == 2  # seeds live inside trials, not as more trials
+    assert "3 seeds per trial" in summary(space)
+    assert space.with_overrides(repeats="5").repeats == 5  # --repeats wins (as the flag's text)
+    assert space.with_overrides(repeats=2).repeats == 2 and space.with_overrides().repeats == 3
+    # The seed column stays: it holds each trial's first seed.
+    assert hyperparameter_columns(space, {})[-1] == "seed"
+
+
+@pytest.mark.parametrize("value", [0, -2, 1.5, "two", True, [2]])
+def test_repeats_must_be_an_integer_of_at_least_one(tmp_path: Path, value: object) -> None:
+    path = write_space(tmp_path, {"repeats": value, **MINIMAL_SEARCH})
+    one_line_error(path, "repeats", "expected an integer >= 1")
+
+
+@pytest.mark.parametrize("flag", ["0", "-1", "x", "2.5", ""])
+def test_repeats_flag_must_be_an_integer_of_at_least_one(tmp_path: Path, flag: str) -> None:
+    space = load_space(write_space(tmp_path, MINIMAL_SEARCH))
+    with pytest.raises(ConfigError, match="^--repeats: expected an integer >= 1") as info:
+        space.with_overrides(repeats=flag)
+    assert "\n" not in str(info.value)
+
+
+def test_repeats_together_with_a_seed_axis_is_refused(tmp_path: Path) -> None:
+    grid = write_space(tmp_path, {"repeats": 2, "grid": {"use_ang": [True, False], "seed": [0, 1]}}, "g.yaml")
+    one_line_error(grid, "repeats", "grid.seed", "one way to repeat seeds")
+    search = write_space(tmp_path, {"repeats": 1, "search": {"seed": {"low": 0, "high": 9}}}, "s.yaml")
+    one_line_error(search, "repeats", "search.seed")
+    old_way = load_space(write_space(tmp_path, {"grid": {"seed": [0, 1]}}, "old.yaml"))  # the old way still works
+    assert old_way.repeats == 1 and old_way.total_trials == 2
+    with pytest.raises(ConfigError, match="^--repeats: .*grid.seed") as info:
+        old_way.with_overrides(repeats="2")
+    assert "\n" not in str(info.value)
+    # A fixed seed is the first seed of every trial, not an axis: allowed.
+    assert load_space(write_space(tmp_path, {"repeats": 2, "fixed": {"seed": 4}}, "f.yaml")).repeats == 2
+
+
+# ------------------------------------------------------------------------------------ lambda_ratio ---
+
+def test_lambda_ratio_sets_lambda_re_from_lambda_ang(tmp_path: Path) -> None:
+    space = load_space(write_space(tmp_path, {"fixed": {"lambda_ang": 0.5},
+                                              "search": {"lambda_ratio": {"low": 0.5, "high": 8.0, "log": True}}}))
+    base = base_config(space)
+    check_against_base(space, base)
+    assert trial_config(base, {"lambda_ratio": 4.0}).lambda_re == pytest.approx(2.0)
+    assert trial_config(base, {"lambda_ratio": 4.0}).lambda_ang == 0.5
+    columns = hyperparameter_columns(space, study_overrides(space, {}, base))
+    assert columns == ["lambda_ratio", "lambda_re", "lambda_ang", "seed"]
+    assert hyperparameter_values(base, columns, {"lambda_ratio": 4.0}) == {
+        "lambda_ratio": 4.0, "lambda_re": pytest.approx(2.0), "lambda_ang": 0.5, "seed": 0}
+    with pytest.raises(ConfigError, match="--set lambda_re"):  # lambda_re is the trial's, not the command line's
+        base_config(space, overrides={"lambda_re": 1.0})
+    assert base_config(space, overrides={"lambda_ang": 0.2}).lambda_ang == pytest.approx(0.2)
+    grid = load_space(write_space(tmp_path, {"grid": {"lambda_ratio": [1, 2.5]}}, "grid.yaml"))
+    assert grid.grid["lambda_ratio"] == (1.0, 2.5)
+    assert stated_distributions(grid)["lambda_ratio"].choices == (1.0, 2.5)
+
+
+def test_lambda_ratio_never_beside_the_axis_it_removes(tmp_path: Path) -> None:
+    ratio = {"lambda_ratio": {"low": 0.5, "high": 8.0}}
+    one_line_error(write_space(tmp_path, {"search": {**ratio, "lambda_ang": {"low": 0.1, "high": 1.0}}}, "a.yaml"),
+                   "search.lambda_ang", "search.lambda_ratio")
+    one_line_error(write_space(tmp_path, {"grid": {"lambda_ratio": [1.0], "lambda_re": [1.0]}}, "b.yaml"),
+                   "grid.lambda_re", "grid.lambda_ratio")
+    one_line_error(write_space(tmp_path, {"fixed": {"lambda_re": 2.0}, "search": ratio}, "c.yaml"),
+                   "fixed.lambda_re", "lambda_ratio")
+    one_line_error(write_space(tmp_path, {"fixed": {"lambda_ratio": 2.0}}, "d.yaml"), "fixed.lambda_ratio")
+    one_line_error(write_space(tmp_path, {"search": {"lambda_ratio": {"low": -1.0, "high": 2.0}}}, "e.yaml"),
+                   "search.lambda_ratio.low", ">= 0")
+    one_line_error(write_space(tmp_path, {"grid": {"lambda_ratio": ["x"]}}, "f.yaml"), "grid.lambda_ratio")
+    zero = load_space(write_space(tmp_path, {"fixed": {"lambda_ang": 0.0}, "search": ratio}, "g.yaml"))
+    with pytest.raises(ConfigError, match="search.lambda_ratio: .*lambda_ang > 0"):  # no ratio to a zero weight
+        check_against_base(zero, base_config(zero))
 
 
 def test_parse_space_accepts_an_already_parsed_document() -> None:

@@ -90,15 +90,26 @@ class StudySpec:
     with_best: bool = True
     status: str = "finished"
     best_trial_id: str | None = "auto"  # "auto": the best completed trial; None: study.json names none
+    # 0: one seed per trial (the trial's ``seed``; per_category.csv has no seed column, as before repeats);
+    # k >= 1: k seeds inside each trial (seed, seed + 1, ...), per_category.csv one row per seed and category,
+    # trials.csv the means plus n_seeds and seeds.
+    repeats: int = 0
+
+
+def trial_seeds(spec: StudySpec, trial: TrialSpec) -> list[int]:
+    first = int(trial.params.get("seed", 0))
+    return [first + k for k in range(max(1, spec.repeats))]
 
 
 def trial_metrics(spec: StudySpec, trial: TrialSpec) -> pd.DataFrame:
-    """per_category.csv rows of one trial (original category spellings)."""
+    """per_category.csv rows of one trial (original category spellings; with repeats, one per seed)."""
     rows = []
-    for index, category in enumerate(spec.categories):
-        values = synthetic_metrics(trial.params, int(trial.params.get("seed", 0)), category, index)
-        rows.append({"trial_id": trial.trial_id, "category": category, **values})
-    return pd.DataFrame(rows, columns=["trial_id", "category", *METRICS])
+    for seed in trial_seeds(spec, trial):
+        for index, category in enumerate(spec.categories):
+            values = synthetic_metrics(trial.params, seed, category, index)
+            rows.append({"trial_id": trial.trial_id, "seed": seed, "category": category, **values})
+    columns = ["trial_id", "seed", "category", *METRICS] if spec.repeats else ["trial_id", "category", *METRICS]
+    return pd.DataFrame(rows).reindex(columns=columns)
 
 
 def _reports(trial: TrialSpec) -> bool:
@@ -115,6 +126,8 @@ def _write_best(folder: Path, spec: StudySpec, best: TrialSpec, per_category: pd
     best_dir.mkdir(parents=True)
     (best_dir / "config.json").write_text(json.dumps({**best.params}, indent=2))
     own = per_category[per_category["trial_id"] == best.trial_id].drop(columns="trial_id")
+    if "seed" in own.columns:  # best/ is the first seed's run folder
+        own = own[own["seed"] == own["seed"].min()].drop(columns="seed")
     own.to_csv(best_dir / "per_category.csv", index=False)
     (best_dir / "metrics.json").write_text(json.dumps(own[list(METRICS)].mean().to_dict()))
     rng = np.random.default_rng(0)
@@ -163,6 +176,9 @@ def write_study(root: Path, spec: StudySpec) -> Path:
             row.update(means.to_dict())
             epochs = EPOCHS if trial.status == "completed" else EPOCHS - 1
             row.update({"loss": 0.1, "epochs_done": epochs, "seconds": 12.5})
+            if spec.repeats:
+                seeds = trial_seeds(spec, trial)
+                row.update({"n_seeds": len(seeds), "seeds": ";".join(str(s) for s in seeds)})
             if trial.status != "running":
                 per_category_frames.append(frame)
             for epoch in range(1, epochs + 1):
@@ -170,11 +186,13 @@ def write_study(root: Path, spec: StudySpec) -> Path:
                                      **{m: means[m] - 0.02 * (EPOCHS - epoch) for m in METRICS}})
         row["error"] = trial.error
         trial_rows.append(row)
-    columns = ["trial_id", "status", *param_names, *METRICS, "loss", "epochs_done", "seconds", "error"]
+    columns = ["trial_id", "status", *param_names, *METRICS, "loss", "epochs_done", "seconds",
+               *(["n_seeds", "seeds"] if spec.repeats else []), "error"]
     trials = pd.DataFrame(trial_rows).reindex(columns=columns)
     trials.to_csv(folder / "trials.csv", index=False)
     per_category = (pd.concat(per_category_frames, ignore_index=True) if per_category_frames
-                    else pd.DataFrame(columns=["trial_id", "category", *METRICS]))
+                    else pd.DataFrame(columns=["trial_id", *(["seed"] if spec.repeats else []), "category",
+                                               *METRICS]))
     per_category.to_csv(folder / "per_category.csv", index=False)
     pd.DataFrame(history_rows, columns=["trial_id", "epoch", "loss", *METRICS]).to_csv(
         folder / "history.csv", index=False)
@@ -228,6 +246,21 @@ SEARCH_SETTINGS = (
 )
 
 
+def repeats_spec(name: str = "ablation", categories: Sequence[str] = MVTEC_SUBSET, repeats: int = 3,
+                 rows: Sequence[tuple[bool, bool, str]] = PAPER_SWITCH_ROWS, **overrides: Any) -> StudySpec:
+    """Table 3 as a grid with repeats: one trial per switch row, each training ``repeats`` seeds inside."""
+    trials = [TrialSpec(f"rep_{i:02d}", "completed", {"use_ang": ang, "use_ffm": ffm, "attention": attention,
+                                                      "seed": 0, "epochs": EPOCHS})
+              for i, (ang, ffm, attention) in enumerate(rows)]
+    space = {"name": name, "repeats": repeats,
+             "grid": {"use_ang": [False, True], "use_ffm": [False, True], "attention": ["spatial", "mixed"]},
+             "fixed": {"epochs": EPOCHS}}
+    values = {"name": name, "kind": "grid", "categories": categories, "trials": trials, "space": space,
+              "searched": ["use_ang", "use_ffm", "attention"], "fixed": {"epochs": EPOCHS}, "repeats": repeats}
+    values.update(overrides)
+    return StudySpec(**values)
+
+
 def search_spec(name: str = "ang", categories: Sequence[str] = EMBEDDED_CATEGORIES,
                 best_seeds: Sequence[int] = (0, 1, 2), **overrides: Any) -> StudySpec:
     """A search over noise_intensity, lambda_ang and attention: the first setting repeated over
@@ -256,6 +289,17 @@ def search_spec(name: str = "ang", categories: Sequence[str] = EMBEDDED_CATEGORI
               "fixed": {"use_ang": True, "use_ffm": True}}
     values.update(overrides)
     return StudySpec(**values)
+
+
+def write_baseline(folder: Path, categories: Sequence[str], image_auroc: float = 0.99,
+                   pixel_auroc: float = 0.97) -> pd.DataFrame:
+    """A baseline.csv as the report writes it (per category, the metric columns), with known values."""
+    rows = [{"category": category, "image_auroc": image_auroc - 0.01 * i, "pixel_auroc": pixel_auroc - 0.01 * i,
+             "aupro": 0.9, "image_ap": 0.95, "pixel_ap": 0.6, "pixel_f1_max": 0.62}
+            for i, category in enumerate(categories)]
+    frame = pd.DataFrame(rows, columns=["category", *METRICS])
+    frame.to_csv(Path(folder) / "baseline.csv", index=False)
+    return frame
 
 
 def grid_study(root: Path, **kwargs: Any) -> Path:

@@ -9,8 +9,8 @@ import pytest
 
 from maae.errors import DataError
 from study.report import write_report
+from study.report.best import best_trial
 from study.report.load import load_results
-from study.report.stats import best_trial
 from tests.study.report.fixtures import search_spec, search_study, write_study
 
 

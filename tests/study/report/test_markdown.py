@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from study.report import write_report
+from study.report.best import best_trial
 from study.report.load import load_results
-from study.report.stats import best_trial
 from tests.study.report.fixtures import grid_study
 
 

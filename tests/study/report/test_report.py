@@ -8,8 +8,8 @@ import subprocess
 import sys
 
 from study.report import main, write_report
+from study.report.best import best_trial
 from study.report.load import load_results
-from study.report.stats import best_trial
 from tests.study.helpers import REPO_ROOT
 from tests.study.report.fixtures import (
     EMBEDDED_CATEGORIES,
@@ -19,7 +19,6 @@ from tests.study.report.fixtures import (
     file_hashes,
     grid_spec,
     grid_study,
-    hand_ci,
     report_sections,
     search_spec,
     search_study,
@@ -47,17 +46,21 @@ def test_full_report_is_offline_and_shows_every_section(tmp_path):
     assert "97.2" in sections["ablation"]  # the paper's full model
     assert "99.8" in sections["paper"]  # MAAE's metal_nut image AUROC beside ours
     after = file_hashes(folder)
-    assert set(after) - set(before) == {"report.html", "comparison.md"}
-    assert {k: after[k] for k in before} == before  # the CSVs and best/ are only read
+    assert set(after) - set(before) == {"report.html", "comparison.md", "settings.csv", "comparisons.csv",
+                                        "rung_correlations.csv"}  # no baseline.csv: the data set is elsewhere
+    assert {k: after[k] for k in before} == before  # the study's own tables and best/ are only read
+    assert file_hashes(folder) == file_hashes(write_report(folder).parent)  # the same report every time
 
 
 def test_summary_shows_the_seed_interval_of_the_best_setting(tmp_path):
     folder = search_study(tmp_path)
     results = load_results(folder)
-    best = best_trial(results)
-    mean, half = hand_ci(best.repeats["image_auroc"].tolist())
+    interval = best_trial(results).interval("image_auroc")
+    assert interval.n_seeds == 3 and interval.low < interval.mean < interval.high
     text = write_report(folder).read_text(encoding="utf-8")
-    assert f"{100 * mean:.2f} ± {100 * half:.2f}" in report_sections(text)["summary"]
+    summary = report_sections(text)["summary"]
+    assert f"{100 * interval.mean:.2f} [{100 * interval.low:.2f}, {100 * interval.high:.2f}]" in summary
+    assert "this setting has 3 completed seed(s) (0, 1, 2)" in summary.lower()
 
 
 def test_search_report_notes_missing_ablation_and_paper_overlay(tmp_path):
@@ -97,10 +100,9 @@ def test_report_of_a_single_trial(tmp_path):
     one = [TrialSpec("only", "completed", {"use_ang": True, "use_ffm": True, "attention": "mixed", "seed": 0})]
     folder = write_study(tmp_path, grid_spec(trials=one))
     sections = report_sections(write_report(folder).read_text(encoding="utf-8"))
-    assert "(1 seed)" in sections["summary"] and "so no interval" in sections["summary"]
-    assert "1 finished trial" in sections["search"]
-    assert "the full model is the only completed setting" in sections["ablation"]
-    assert "no completed setting has ANG=off, FFM=off, mixed attention=off" in sections["ablation"]
+    assert "(1 seed, no interval)" in sections["summary"] and "so no interval" in sections["summary"]
+    assert "the 1 completed trial(s)" in sections["search"]
+    assert "no two completed settings differ in exactly one parameter" in sections["ablation"]
 
 
 def test_report_before_the_first_trial(tmp_path):

@@ -25,9 +25,9 @@ def test_distributions_come_from_the_space_else_from_values(tmp_path):
     assert all(source.startswith("trial values") for source in sources.values())
 
 
-def test_importances_on_finished_trials(tmp_path):
+def test_importances_on_completed_trials(tmp_path):
     search = build_search_study(load_results(search_study(tmp_path)))
-    assert search.finished_count == 8  # 7 completed + 1 stopped
+    assert search.finished_count == 7  # the completed trials; the stopped one trained fewer epochs
     importance = param_importances(search)
     assert importance.evaluator == "fANOVA"
     assert set(importance.values) == {"noise_intensity", "lambda_ang", "attention"}
@@ -38,7 +38,7 @@ def test_importances_skipped_with_a_reason_when_too_few_trials(tmp_path):
     one = [TrialSpec("only", "completed", {"noise_intensity": 1.0, "lambda_ang": 0.6, "attention": "mixed",
                                            "seed": 0})]
     importance = param_importances(build_search_study(load_results(write_study(tmp_path, search_spec(trials=one)))))
-    assert importance.values == {} and "1 finished trial" in importance.note
+    assert importance.values == {} and "1 trial(s) are at completed (final epoch)" in importance.note
 
 
 def test_distributions_are_read_with_the_spaces_own_parser(tmp_path):

@@ -1,5 +1,5 @@
-"""The study end to end against a real local Ray (2 CPUs): DDP trials, a failing trial, a killed and resumed
-study, and ASHA's stops turned into requests.
+"""The study end to end against a real local Ray (2 CPUs): DDP trials (Ray Train), a failing trial, a killed and
+resumed study (one-worker trials, in Tune's own actors), and ASHA's stops turned into requests.
 
 Trials are tiny (64 px, 2 blocks of width 16, 1-2 epochs, 2 categories of a generated data set with 8
 training images each) so the file runs in a few minutes on 2 cores. The results tables are checked against
@@ -129,8 +129,7 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
         if driver.poll() is None:
             driver.kill()
         log.close()
-    before = {tid: sorted(p.name for p in (folder / "ray" / "train" / tid).iterdir())
-              for tid in finished.trial_id}
+    before = {tid: checkpoint_names(folder, tid) for tid in finished.trial_id}
     kept = finished.set_index("trial_id")
 
     code = cli.main([*args, "--resume"])
@@ -142,8 +141,17 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
     for tid in finished.trial_id:
         for name in METRIC_NAMES:
             assert trials.loc[tid, name] == pytest.approx(kept.loc[tid, name])
-        assert sorted(p.name for p in (folder / "ray" / "train" / tid).iterdir()) == before[tid]
+        assert checkpoint_names(folder, tid) == before[tid]  # not trained again
     assert history.groupby("trial_id").epoch.max().eq(2).all()
+
+
+def checkpoint_names(folder: Path, trial_id: str) -> list[str]:
+    """The checkpoints Tune keeps of a one-worker trial (in its trial folder, found by its results)."""
+    for result_file in (folder / "ray" / "tune").glob("*/result.json"):
+        lines = result_file.read_text().splitlines()
+        if lines and json.loads(lines[0])["trial_id"] == trial_id:
+            return sorted(p.name for p in result_file.parent.glob("checkpoint_*"))
+    raise AssertionError(f"no Tune folder for trial {trial_id}")
 
 
 def test_graceful_asha_turns_stop_into_a_request(ray_session: str) -> None:
@@ -164,3 +172,5 @@ def test_graceful_asha_turns_stop_into_a_request(ray_session: str) -> None:
     assert decisions == [TrialScheduler.CONTINUE] * 3  # never a STOP that would kill the Train run
     # ASHA (rf 2) stops what falls below the median of the rung so far: 0.8 < 0.9 and 0.1 < 0.85
     assert [stop_requested(registry, t.trial_id) for t in trials] == [False, True, True]
+    # ... and remembers it, so that the resource changes leave those trials alone (study.tune.resizing)
+    assert [scheduler.stop_was_requested(t.trial_id) for t in trials] == [False, True, True]
