@@ -39,6 +39,7 @@ from study.report.tables import (
     study_means_frame,
     trials_frame,
 )
+from study.report.verdicts import verdict_rates
 
 DECIMALS = 1
 TRIAL_DECIMALS = 2
@@ -96,6 +97,9 @@ def study_markdown(numbers: StudyNumbers, heading: str = "#") -> str:
         lines += [f"{heading}# Best trial {best.trial_id}" + (" (provisional)" if best.provisional else ""), "",
                   markdown_table(best_metrics_frame(best, baseline if baseline.available else None)),
                   f"Setting: {CI_RULE}.", ""]
+        rates = verdict_rates(results.best_dir)
+        if rates is not None:
+            lines += [f"{heading}# Verdicts of the best model", "", markdown_table(rates[0]), rates[1], ""]
     lines += [f"{heading}# Best setting beside the {BASELINE_NAME}", ""]
     lines.append(markdown_table(best_against_baseline_frame(best, baseline)) if baseline.available
                  else f"Not available because {baseline.reason}.\n")

@@ -71,6 +71,7 @@ from study.report.tables import (
     study_means_frame,
     trials_frame,
 )
+from study.report.verdicts import verdict_rates
 
 # A heatmap of more rows than this shows the best ones only (by the study's metric).
 MAX_HEATMAP_ROWS = 40
@@ -159,6 +160,9 @@ def summary_section(numbers: StudyNumbers, anchor: str = "summary") -> str:
                           f"column: {CI_RULE}. This setting has {seeds} completed seed(s)"
                           + (f" ({best.seeds.replace(SEED_SEPARATOR, ', ')})" if seeds else "")
                           + ("" if seeds > 1 else ", so no interval") + "."))
+        rates = verdict_rates(results.best_dir)
+        if rates is not None:
+            parts.append("<h3>Verdicts of the best model</h3>" + table(rates[0], sortable=False) + note(rates[1]))
     parts.append(baseline_block(best, numbers.baseline))
     failed = results.trials[results.trials[STATUS] == FAILED]
     if not failed.empty and "error" in failed.columns:
