@@ -103,7 +103,7 @@ def load_or_compute(
     entry = Path(cache_dir) / cache_key(samples, backbone_fingerprint, image_size)
     if not _complete(entry):
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(entry.with_suffix(".lock")):
+        with file_lock(entry.with_suffix(".lock")):
             if not _complete(entry):  # another process may have finished it while we waited
                 started = time.perf_counter()
                 stages = compute_features(_resolve(backbone), samples, image_size, batch_size=batch_size,
@@ -156,7 +156,9 @@ def _open(entry: Path, samples: list[Sample]) -> StageFeatures:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on ``path`` (created if missing) for the block: one writer per cache
+    entry across processes (the feature cache and the baseline's memory bank share it)."""
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -37,7 +37,7 @@ from maae.baseline.config import BaselineConfig
 from maae.baseline.coreset import greedy_coreset
 from maae.baseline.patches import flatten_patches, iter_descriptors
 from maae.baseline.search import nearest_distances
-from maae.features import StageFeatures, _file_lock, cache_key
+from maae.features import StageFeatures, cache_key, file_lock
 from maae.io import write_bytes_atomic
 
 # Part of every key: raise it when the descriptors, the coreset or the search change, so old entries are not read.
@@ -105,7 +105,7 @@ def load_or_fit_bank(
     fitted, seconds = False, 0.0
     if not _complete(entry):
         entry.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(entry.with_suffix(".lock")):
+        with file_lock(entry.with_suffix(".lock")):
             if not _complete(entry):  # another process may have fitted it while we waited
                 started = time.perf_counter()
                 patches, source = fit_memory_bank(train, config, batch_size=batch_size, device=device)
