@@ -228,12 +228,11 @@ def test_a_killed_study_with_seed_repeats_resumes(
             finished = pd.DataFrame()
             while time.monotonic() < deadline and driver.poll() is None:
                 time.sleep(0.25)
-                if (folder / "history.csv").is_file() and (folder / "trials.csv").is_file():
+                if (folder / "trials.csv").is_file():
+                    # killed as soon as one trial has completed: two trials (4 seeds x 3 epochs) are left
                     trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
-                    history = pd.read_csv(folder / "history.csv", dtype={"trial_id": str})
                     finished = trials[trials.status == "completed"]
-                    later = history[~history.trial_id.isin(finished.trial_id)]
-                    if len(finished) >= 1 and len(later) >= 1:  # the next trial is training its seeds
+                    if len(finished) >= 1:
                         break
             assert driver.poll() is None, log_path.read_text()[-3000:]
             assert len(finished) >= 1, log_path.read_text()[-3000:]
