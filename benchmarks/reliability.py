@@ -193,9 +193,9 @@ def head(bench: Bench) -> Try:
         resume_args = [fresh.address if arg == address else arg for arg in args] + ["--resume"]
         resumed = faults.start_study(resume_args, bench.env, run.folder, run.experiment, folder / "resumed.log")
         code = resumed.wait()
+        finished = list(died.trials.query("status == 'completed'").trial_id) if len(died.trials) else []
         out = faults.outcome_of(died.fault + ", then --resume on a fresh cluster", resumed, code, died.fault_time,
-                             finished_before=list(died.trials.query("status == 'completed'").trial_id)
-                             if len(died.trials) else [])
+                                finished_before=finished)
     tried = bench.counted(out, first_exit_code=died.exit_code, first_last_line=died.last_line)
     tried.one_line, tried.seconds_to_exit = one_line, died.seconds_to_exit
     return tried

@@ -2,6 +2,10 @@
 trial of several workers is one Ray Train run (DDP) of MAAE's training.
 
 - :mod:`~study.tune.cluster`: start or join Ray, and check that a trial's workers can ever be placed;
+- :mod:`~study.tune.connect`: bounded waits on Ray (unreachable address, failed start, dead head: exit code 3);
+- :mod:`~study.tune.leaks`: placement groups of ended jobs, listed or removed (``python -m study.tune.leaks``);
+- :mod:`~study.tune.local_cluster`: a multi-node cluster on one machine (real ``ray start``, stopped by PID);
+- :mod:`~study.tune.processes`: processes by PID (a process tree from ``/proc``, stopped one PID at a time);
 - :mod:`~study.tune.driver`: the Tuner (Optuna's TPE or a grid, ASHA whose stops are requests);
 - :mod:`~study.tune.resizing`: Tune's ResourceChangingScheduler, giving idle CPUs to running one-worker trials;
 - :mod:`~study.tune.callback`: Tune's events become the results tables, ``best/`` and the report;

@@ -10,6 +10,10 @@ A trial takes two kinds of resources (see ``docs/cluster.md``):
 
 Concurrency is capped so that the workers of all running trials fit the cluster at once
 (:func:`max_concurrent_trials`); a trial whose workers could never fit is refused before anything runs.
+
+Every wait on Ray here is bounded (:mod:`study.tune.connect`): an address where no Ray answers, a local Ray
+that fails or does not start in time, and a head that dies during the study (:func:`watch`) each end the
+study with one line and exit code 3 (:class:`~study.tune.connect.RayUnavailableError`).
 """
 
 from __future__ import annotations

@@ -20,13 +20,12 @@ Nothing is lost by exiting hard: the results tables are replaced atomically on e
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from study.tune import processes
@@ -146,16 +145,12 @@ def _ray_connected() -> bool:
 
 
 class GcsWatch:
-    """Watches a running study's GCS; when it stops answering, one line and exit code 3 (see the module).
+    """Watches a running study's GCS; when it stops answering, one line and exit code 3 (see the module)."""
 
-    ``before_exit`` runs first (e.g. marking ``study.json`` interrupted); its failure does not stop the exit.
-    """
-
-    def __init__(self, address: str, describe: str, before_exit: Callable[[], None] | None = None, *,
-                 interval_s: float = WATCH_INTERVAL_S, lost_after_s: float = HEAD_LOST_AFTER_S) -> None:
+    def __init__(self, address: str, describe: str, *, interval_s: float = WATCH_INTERVAL_S,
+                 lost_after_s: float = HEAD_LOST_AFTER_S) -> None:
         self.address = address
         self.describe = describe
-        self.before_exit = before_exit
         self.interval_s = interval_s
         self.lost_after_s = lost_after_s
         self._stopped = threading.Event()
@@ -187,9 +182,6 @@ class GcsWatch:
                 return
 
     def _lost(self, error: OSError) -> None:
-        if self.before_exit is not None:
-            with contextlib.suppress(Exception):  # the exit matters more than the bookkeeping
-                self.before_exit()
         say_and_exit(f"{self.describe}: Ray stopped answering at {self.address} during the study "
                      f"({error.strerror or error} for {self.lost_after_s:g} s: the head node is gone); results "
                      "so far are kept, continue with --resume once the cluster is back")

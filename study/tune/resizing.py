@@ -68,9 +68,23 @@ class SpareCPUs(DistributeResources):
         if self.stop_requested is not None and self.stop_requested(trial.trial_id):
             return None
         resources = super().__call__(tune_controller, trial, result, scheduler)
+        if resources is not None and _beyond_any_node(resources):
+            return None
         if resources is None or not _grows(trial, resources) or worth_a_restart(result):
             return resources
         return None
+
+
+def _beyond_any_node(resources: Any) -> bool:
+    """Whether a trial's one bundle would need more CPUs than the largest live node has.
+
+    Tune's ``DistributeResources`` counts the whole cluster's CPUs, but a bundle lives on one node: on a
+    cluster of 1-CPU nodes a lone trial would be "given" 2 CPUs, paused, and wait forever for a node that has
+    them (seen on the cluster tests' 2 x 1-CPU cluster: the study hung after a resume).
+    """
+    from study.tune.cluster import cluster_resources
+
+    return resources.required_resources.get("CPU", 0.0) > cluster_resources().node_cpus + 1e-9
 
 
 def _grows(trial: Any, resources: Any) -> bool:

@@ -44,7 +44,7 @@ def describe_error(error: BaseException) -> str:
 
 
 class TrialWorker:
-    """State of one worker during one trial (one attempt: Ray Train restarts it from its checkpoint)."""
+    """State of one worker during one trial (one attempt: Tune or Ray Train restarts it from its checkpoint)."""
 
     def __init__(self, settings: LoopSettings, channel: TrialChannel) -> None:
         self.settings = settings

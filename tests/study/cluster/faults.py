@@ -208,6 +208,7 @@ class Outcome:
 
 
 def outcome_of(fault: str, run: StudyRun, code: int, fault_time: float, **extra: Any) -> Outcome:
+    """The :class:`Outcome` of a study that has ended, from its tables, ``study.json`` and Tune's results."""
     trials = run.trials()
     study_file = run.folder / "study.json"
     study = json.loads(study_file.read_text()) if study_file.is_file() else {}
@@ -253,10 +254,10 @@ def node_dies(cluster: LocalCluster, run: StudyRun, epochs: int) -> Outcome:
     joined = time.time()
     code = run.wait()
     return outcome_of("worker node's raylet killed mid-trial", run, code, fault_time, victims=[victim_id],
-                   finished_before=finished,
-                   details={"victim_node": victim_node.node_id, "survivors": sorted(survivors),
-                            "replacement": replacement.node_id, "replacement_joined": joined,
-                            "epochs_at_kill": epochs_at_kill})
+                      finished_before=finished,
+                      details={"victim_node": victim_node.node_id, "survivors": sorted(survivors),
+                               "replacement": replacement.node_id, "replacement_joined": joined,
+                               "epochs_at_kill": epochs_at_kill})
 
 
 def experiment_state_saved_after(run: StudyRun, trial_id: str) -> bool:
@@ -289,8 +290,8 @@ def driver_killed(run: StudyRun, resume_args: list[str], env: dict[str, str], ep
     resumed = start_study(resume_args, env, run.folder, run.experiment, log_path)
     code = resumed.wait()
     return outcome_of("driver killed with kill -9, then --resume", resumed, code, fault_time,
-                   victims=list(victims.trial_id), finished_before=finished,
-                   details={"killed_exit_code": run.process.returncode})
+                      victims=list(victims.trial_id), finished_before=finished,
+                      details={"killed_exit_code": run.process.returncode})
 
 
 def head_dies(cluster: LocalCluster, run: StudyRun) -> Outcome:
@@ -302,4 +303,4 @@ def head_dies(cluster: LocalCluster, run: StudyRun) -> Outcome:
     started = time.monotonic()
     code = run.wait()
     return outcome_of("head node killed mid-study", run, code, fault_time,
-                   seconds_to_exit=time.monotonic() - started)
+                      seconds_to_exit=time.monotonic() - started)

@@ -12,6 +12,7 @@ Each study runs in a subprocess whose own timeout is the hang detector; how long
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -81,21 +82,25 @@ def test_a_local_ray_that_fails_or_hangs_at_start_is_one_line_and_exit_code_3(
     space = write_space(tmp_path, "noray", epochs=1)
     too_deep = tmp_path / LONG_DIR_NAME
     too_deep.mkdir()
-    own_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))  # only the second study's Ray uses it
-    failing = run_study(study_args(space, tiny_data, tmp_path / "a"), {**child_env, "RAY_TMPDIR": str(too_deep)})
-    # a start that cannot finish in time: the deadline ends the process, and the Ray processes it began
-    hanging = run_study(study_args(space, tiny_data, tmp_path / "b", "--connect-timeout", "0.5"),
-                        {**child_env, "RAY_TMPDIR": str(own_tmp)})
-    out = finish(failing)
-    assert out.returncode == EXIT_RAY_UNAVAILABLE, out.stderr[-2000:]
-    line = last_error_line(out)
-    assert line.startswith("error: local Ray") and "did not start" in line and "AF_UNIX" in line, line
-    out = finish(hanging)
-    assert out.returncode == EXIT_RAY_UNAVAILABLE, out.stderr[-2000:]
-    line = last_error_line(out)
-    assert line.startswith("error: local Ray") and "within 0.5 s" in line, line
-    left = [r for r in processes.descendants(1) if str(own_tmp) in r.command]
-    assert not processes.wait_gone(left, 30), [r.command[:120] for r in left]
+    # short (Ray's socket paths go below it), and only the second study's Ray uses it
+    own_tmp = Path(tempfile.mkdtemp(prefix="rt-", dir="/tmp"))
+    try:
+        failing = run_study(study_args(space, tiny_data, tmp_path / "a"), {**child_env, "RAY_TMPDIR": str(too_deep)})
+        # a start that cannot finish in time: the deadline ends the process, and the Ray processes it began
+        hanging = run_study(study_args(space, tiny_data, tmp_path / "b", "--connect-timeout", "0.5"),
+                            {**child_env, "RAY_TMPDIR": str(own_tmp)})
+        out = finish(failing)
+        assert out.returncode == EXIT_RAY_UNAVAILABLE, out.stderr[-2000:]
+        line = last_error_line(out)
+        assert line.startswith("error: local Ray") and "did not start" in line and "AF_UNIX" in line, line
+        out = finish(hanging)
+        assert out.returncode == EXIT_RAY_UNAVAILABLE, out.stderr[-2000:]
+        line = last_error_line(out)
+        assert line.startswith("error: local Ray") and "within 0.5 s" in line, line
+        left = [r for r in processes.descendants(1) if str(own_tmp) in r.command]
+        assert not processes.wait_gone(left, 30), [r.command[:120] for r in left]
+    finally:
+        shutil.rmtree(own_tmp, ignore_errors=True)
 
 
 def test_a_head_that_dies_mid_study_is_one_line_and_exit_code_3(
