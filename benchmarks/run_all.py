@@ -147,6 +147,7 @@ def merged(previous: dict[str, Any], current: dict[str, Any], names: Sequence[st
                          "run; expected the same mode")
     result = dict(previous)
     result["benchmarks"] = {**previous.get("benchmarks", {}), **current["benchmarks"]}
+    result["benchmarks_run"] = list(dict.fromkeys([*previous.get("benchmarks_run", []), *names]))
     for record in current["benchmarks"].values():
         result.update(record.get("headline", {}))
     result["checks"] = [row for row in previous.get("checks", []) if row["benchmark"] not in names]

@@ -10,4 +10,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = "0" ] && command -v a
     || echo "[test] chromium could not be installed; the browser test will be skipped" >&2
 fi
 .venv/bin/ruff check maae study tests benchmarks
-.venv/bin/python -m pytest "$@"
+# the slowest tests are listed so that a run that creeps towards CI's limit shows where the time goes
+.venv/bin/python -m pytest --durations=25 "$@"
