@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from maae.config import MAAEConfig
+from maae.config import PRESETS, MAAEConfig
 from maae.errors import ConfigError
 from study.space import (
     EVAL_FINAL_ONLY,
@@ -61,8 +61,8 @@ MINIMAL_SEARCH = {"search": {"noise_intensity": {"low": 0.5, "high": 2.0}}}
 # --------------------------------------------------------------------------------- shipped spaces ---
 
 @pytest.mark.parametrize("name", SHIPPED)
-@pytest.mark.parametrize("preset_name", ["quick", "paper"])
-def test_shipped_spaces_are_valid_with_both_presets(name: str, preset_name: str) -> None:
+@pytest.mark.parametrize("preset_name", PRESETS)
+def test_shipped_spaces_are_valid_with_every_preset(name: str, preset_name: str) -> None:
     space = load_space(SPACES / f"{name}.yaml")
     base = base_config(space, preset_name=preset_name)
     check_against_base(space, base)
