@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 
-from study.protocol import HISTORY_FILE, PER_CATEGORY_FILE, RAY_DIR, STUDY_FILE, TRAIN_RUNS, TRIALS_FILE
+from study.protocol import (
+    HISTORY_FILE,
+    PER_CATEGORY_FILE,
+    RAY_DIR,
+    STUDY_FILE,
+    TRAIN_RUNS,
+    TRIALS_FILE,
+    TUNE_EXPERIMENT,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The study command as a user types it (a script run from the repository root).
@@ -60,3 +70,42 @@ def assert_usage_error(out: subprocess.CompletedProcess, *fragments: str) -> Non
     assert len(lines) == 1, out.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def kill_study_after_first_completed_trial(args: list[str], env: dict[str, str], folder: Path, log_path: Path,
+                                           wait_s: float) -> pd.DataFrame:
+    """Run ``study/run.py ARGS`` and ``kill -9`` it as soon as ``trials.csv`` shows a completed trial that Tune's
+    saved experiment state knows too (killing then, rather than once the next trial trains, keeps a fast machine
+    from finishing the study between two polls; killing before Tune saved its state would have ``--resume``
+    report that trial once more); returns the completed trials as the killed study recorded them."""
+    with log_path.open("w") as log:
+        driver = subprocess.Popen([*RUN, *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + wait_s
+            finished = pd.DataFrame()
+            while time.monotonic() < deadline and driver.poll() is None:
+                time.sleep(0.25)
+                if (folder / TRIALS_FILE).is_file():
+                    trials = pd.read_csv(folder / TRIALS_FILE, dtype={"trial_id": str})
+                    finished = trials[trials.status == "completed"]
+                    if len(finished) >= 1 and all(tune_state_saved_after(folder, t) for t in finished.trial_id):
+                        break
+            assert driver.poll() is None, log_path.read_text()[-3000:]
+            assert len(finished) >= 1, log_path.read_text()[-3000:]
+            driver.send_signal(signal.SIGKILL)
+            driver.wait(timeout=60)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+    return finished
+
+
+def tune_state_saved_after(folder: Path, trial_id: str) -> bool:
+    """Whether Tune saved its experiment state after the trial's newest checkpoint (so that a restore of the
+    study in ``folder`` knows that checkpoint)."""
+    experiment = folder / RAY_DIR / TUNE_EXPERIMENT
+    states = list(experiment.glob("experiment_state-*.json"))
+    checkpoints = [p for p in experiment.glob(f"*{trial_id}*/checkpoint_*") if p.is_dir()]
+    if not states or not checkpoints:
+        return False
+    return max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in checkpoints)

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,14 @@ import pytest
 from study import cli
 from study.protocol import METRIC_NAMES
 from study.tune.stopping import registry_name, stop_requested
-from tests.study.helpers import CATEGORIES, REPO_ROOT, RUN, final_run_folder, read_tables, study_args
+from tests.study.helpers import (
+    CATEGORIES,
+    REPO_ROOT,
+    final_run_folder,
+    kill_study_after_first_completed_trial,
+    read_tables,
+    study_args,
+)
 
 KILL_WAIT_S = 240
 RUN_FILES = ("config.json", "checkpoint.pt", "metrics.json", "per_category.csv", "scores.csv")
@@ -108,26 +113,7 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
                        fixed={"epochs": 3})
     args = study_args(space, tiny_data, tmp_path / "results", "--address", ray_session, "--max-concurrent", "1")
     folder = tmp_path / "results" / "resume"
-    log = (tmp_path / "first.log").open("w")
-    driver = subprocess.Popen([*RUN, *args], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + KILL_WAIT_S
-        finished: pd.DataFrame = pd.DataFrame()
-        while time.monotonic() < deadline and driver.poll() is None:
-            time.sleep(0.25)
-            if (folder / "trials.csv").is_file():
-                trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
-                finished = trials[trials.status == "completed"]
-                if len(finished) >= 1:
-                    break
-        assert driver.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        assert len(finished) >= 1, (tmp_path / "first.log").read_text()[-3000:]
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=60)
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-        log.close()
+    finished = kill_study_after_first_completed_trial(args, child_env, folder, tmp_path / "first.log", KILL_WAIT_S)
     before = {tid: checkpoint_names(folder, tid) for tid in finished.trial_id}
     kept = finished.set_index("trial_id")
 

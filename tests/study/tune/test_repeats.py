@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,7 +20,7 @@ from maae.run_folder import is_finished, load_checkpoint
 from study import cli
 from study.protocol import METRIC_NAMES
 from study.tune.seed_group import SeedGroup, seed_result, seed_run_folder, trial_seeds
-from tests.study.helpers import CATEGORIES, REPO_ROOT, RUN, read_tables, study_args
+from tests.study.helpers import CATEGORIES, kill_study_after_first_completed_trial, read_tables, study_args
 
 UNIT_CATEGORIES = ["grass", "hex_nut"]
 KILL_WAIT_S = 240
@@ -220,27 +217,8 @@ def test_a_killed_study_with_seed_repeats_resumes(
                        repeats=2, fixed={"epochs": 3})
     args = study_args(space, tiny_data, tmp_path / "results", "--address", ray_session, "--max-concurrent", "1")
     folder = tmp_path / "results" / "seedresume"
-    log_path = tmp_path / "first.log"
-    with log_path.open("w") as log:
-        driver = subprocess.Popen([*RUN, *args], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + KILL_WAIT_S
-            finished = pd.DataFrame()
-            while time.monotonic() < deadline and driver.poll() is None:
-                time.sleep(0.25)
-                if (folder / "trials.csv").is_file():
-                    # killed as soon as one trial has completed: two trials (4 seeds x 3 epochs) are left
-                    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
-                    finished = trials[trials.status == "completed"]
-                    if len(finished) >= 1:
-                        break
-            assert driver.poll() is None, log_path.read_text()[-3000:]
-            assert len(finished) >= 1, log_path.read_text()[-3000:]
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(timeout=60)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
+    # killed as soon as one trial has completed: two trials (4 seeds x 3 epochs) are left
+    finished = kill_study_after_first_completed_trial(args, child_env, folder, tmp_path / "first.log", KILL_WAIT_S)
     kept = finished.set_index("trial_id")
 
     assert cli.main([*args, "--resume"]) == 0
