@@ -100,6 +100,9 @@ def build_parser(prog: str = "python study/run.py") -> argparse.ArgumentParser:
                         help="continue the study <results>/<name> after it was interrupted or killed")
     parser.add_argument("--no-examples", action="store_true", help="skip the example pictures in best/")
     parser.add_argument("--verbose", action="store_true", help="also show the logs of Ray's workers")
+    parser.add_argument("--dashboard", action="store_true",
+                        help="start the local Ray with its dashboard (default: only for trials of 2+ workers, "
+                             "whose Ray Train clean-up needs the dashboard's state API)")
     parser.add_argument("--connect-timeout", type=float, metavar="SECONDS",
                         help="seconds Ray may take to start, or to let the study join at --address, before the "
                              f"study gives up with exit code 3 (default: {LOCAL_START_TIMEOUT_S:g} to start, "
@@ -298,7 +301,8 @@ def run(plan: Plan) -> int:
     if not own_ray:
         where = "the Ray this process is connected to"
     elif plan.address is None:
-        cluster.start_local(plan.num_cpus, plan.env_vars, log_to_driver=plan.args.verbose, connect_timeout=timeout)
+        cluster.start_local(plan.num_cpus, plan.env_vars, log_to_driver=plan.args.verbose, connect_timeout=timeout,
+                            dashboard=plan.args.dashboard or cluster.needs_dashboard(plan.shape))
         where = f"local Ray ({plan.num_cpus} CPUs)"
     else:
         cluster.join(plan.address, plan.env_vars, log_to_driver=plan.args.verbose, connect_timeout=timeout)

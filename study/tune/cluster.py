@@ -180,9 +180,17 @@ def runtime_env(env_vars: Mapping[str, str]) -> dict[str, Any]:
     return {"env_vars": dict(env_vars)}
 
 
+def needs_dashboard(shape: WorkerShape) -> bool:
+    """Whether a study's trials need the dashboard: Ray Train's clean-up of a multi-worker trial asks its
+    State API. One-worker trials train in Tune's own actors and need none; without it a local Ray starts
+    faster and its idle processes use less CPU (``benchmarks/ray_overhead.py`` measures both)."""
+    return shape.workers > 1
+
+
 def start_local(num_cpus: int, env_vars: Mapping[str, str], *, log_to_driver: bool = False,
-                connect_timeout: float = connect.LOCAL_START_TIMEOUT_S) -> None:
-    """A private Ray on this machine (dashboard on 127.0.0.1: Train's cleanup needs its State API).
+                connect_timeout: float = connect.LOCAL_START_TIMEOUT_S, dashboard: bool = True) -> None:
+    """A private Ray on this machine; with ``dashboard``, its dashboard on 127.0.0.1 (Train's clean-up needs
+    its State API, see :func:`needs_dashboard`).
 
     Bounded by ``connect_timeout``: a Ray that fails to start, or does not start in time, ends the process
     with one line and exit code 3 (see :mod:`study.tune.connect`).
@@ -194,7 +202,7 @@ def start_local(num_cpus: int, env_vars: Mapping[str, str], *, log_to_driver: bo
     describe = "local Ray (this machine)"
     with connect.deadline(connect_timeout, describe):
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=True, dashboard_host=DASHBOARD_HOST,
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host=DASHBOARD_HOST,
                      runtime_env=runtime_env(env_vars), logging_level=logging.WARNING,
                      log_to_driver=log_to_driver)
         except Exception as err:  # noqa: BLE001 - whatever stops Ray from starting ends the study in one line

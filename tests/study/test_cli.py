@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from study.cli import build_parser
+from study.tune import cluster
 from tests.study.helpers import assert_usage_error, run_cli, study_args
 
 
@@ -55,3 +57,12 @@ def test_bad_repeats_are_one_line_exit_2_and_leave_nothing(
     assert_usage_error(run_cli([*study_args(space, tiny_data, tmp_path / "results"), *extra], child_env),
                        *fragments)
     assert not (tmp_path / "results" / "badrepeats").exists()
+
+
+def test_only_trials_of_several_workers_start_the_local_dashboard() -> None:
+    # Ray Train's clean-up of a multi-worker trial asks the dashboard's state API; one-worker trials do not.
+    assert not cluster.needs_dashboard(cluster.WorkerShape(workers=1, cpus=2.0, gpus=1.0))
+    assert cluster.needs_dashboard(cluster.WorkerShape(workers=2, cpus=1.0, gpus=0.0))
+    parser = build_parser()
+    assert not parser.parse_args(["--space", "s.yaml"]).dashboard
+    assert parser.parse_args(["--space", "s.yaml", "--dashboard"]).dashboard
