@@ -158,10 +158,12 @@ def test_build_config_layers_preset_paradigm_and_overrides():
     assert (paper.backbone, paper.image_size, paper.depth, paper.residual_every, paper.dilation) == (
         "efficientnet_b4", 256, 18, 3, 4)
     assert (paper.lambda_ang, paper.lambda_re, paper.batch_size, paper.lr) == (0.6, 1.0, 64, 1e-4)
-    # standard: the quick preset with a 12x12 token grid (192 px) and cosine decay, nothing else changed
+    # standard: the quick preset with a 12x12 token grid (192 px), cosine decay and the bilinear merge,
+    # nothing else changed
     quick, standard = build_config("quick", None, []), build_config("standard", None, [])
     assert standard.image_size // standard.token_stride == 12
-    assert standard.replace(image_size=quick.image_size, lr_schedule=quick.lr_schedule) == quick
+    assert not standard.use_ffm and quick.use_ffm
+    assert standard.replace(image_size=quick.image_size, lr_schedule=quick.lr_schedule, use_ffm=True) == quick
 
 
 @pytest.mark.parametrize("args,needle", [
