@@ -103,7 +103,12 @@ def kill_study_after_first_completed_trial(args: list[str], env: dict[str, str],
 def tune_state_saved_after(folder: Path, trial_id: str) -> bool:
     """Whether Tune saved its experiment state after the trial's newest checkpoint (so that a restore of the
     study in ``folder`` knows that checkpoint)."""
-    experiment = folder / RAY_DIR / TUNE_EXPERIMENT
+    return experiment_state_saved_after(folder / RAY_DIR / TUNE_EXPERIMENT, trial_id)
+
+
+def experiment_state_saved_after(experiment: Path, trial_id: str) -> bool:
+    """:func:`tune_state_saved_after` for Tune's experiment folder itself (a study run with ``--storage``
+    keeps it outside the study folder)."""
     states = list(experiment.glob("experiment_state-*.json"))
     checkpoints = [p for p in experiment.glob(f"*{trial_id}*/checkpoint_*") if p.is_dir()]
     if not states or not checkpoints:

@@ -27,7 +27,7 @@ import yaml
 from study.protocol import METRIC_NAMES
 from study.tune.local_cluster import LocalCluster, Node
 from tests.conftest import TINY_CONFIG
-from tests.study.helpers import REPO_ROOT, RUN, study_args
+from tests.study.helpers import REPO_ROOT, RUN, experiment_state_saved_after, study_args
 
 # The grid of the undisturbed reference and the node-death study: five one-CPU trials, two at a time on the two
 # worker nodes. Five, so that after a node dies, its trial resumes on the survivor and the replacement joins,
@@ -260,16 +260,6 @@ def node_dies(cluster: LocalCluster, run: StudyRun, epochs: int) -> Outcome:
                                "epochs_at_kill": epochs_at_kill})
 
 
-def experiment_state_saved_after(run: StudyRun, trial_id: str) -> bool:
-    """Whether Tune saved its experiment state after the trial's newest checkpoint (so that a restore
-    knows that checkpoint)."""
-    states = list(run.experiment.glob("experiment_state-*.json"))
-    checkpoints = [p for p in run.experiment.glob(f"*{trial_id}*/checkpoint_*") if p.is_dir()]
-    if not states or not checkpoints:
-        return False
-    return max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in checkpoints)
-
-
 def driver_killed(run: StudyRun, resume_args: list[str], env: dict[str, str], epochs: int,
                   log_path: Path) -> Outcome:
     """``kill -9`` the study once a trial completed and another one trains; then ``--resume`` it from
@@ -279,7 +269,7 @@ def driver_killed(run: StudyRun, resume_args: list[str], env: dict[str, str], ep
             return None
         running = trials[(trials.status == "running") & (trials.epochs_done >= KILL_AFTER_EPOCHS)
                          & (trials.epochs_done < epochs - 1)]
-        running = running[[experiment_state_saved_after(run, tid) for tid in running.trial_id]]
+        running = running[[experiment_state_saved_after(run.experiment, tid) for tid in running.trial_id]]
         return running if len(running) else None
 
     victims = run.wait_for(ready, "one completed and one running trial")
