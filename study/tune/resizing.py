@@ -68,11 +68,12 @@ class SpareCPUs(DistributeResources):
         if self.stop_requested is not None and self.stop_requested(trial.trial_id):
             return None
         resources = super().__call__(tune_controller, trial, result, scheduler)
-        if resources is not None and _beyond_any_node(resources):
+        if resources is None or not _grows(trial, resources):
+            return resources  # unchanged, or giving CPUs back: never held back
+        # Growing: only onto a node that has the CPUs (asked of Ray only here), and only if it pays off.
+        if _beyond_any_node(resources) or not worth_a_restart(result):
             return None
-        if resources is None or not _grows(trial, resources) or worth_a_restart(result):
-            return resources
-        return None
+        return resources
 
 
 def _beyond_any_node(resources: Any) -> bool:
