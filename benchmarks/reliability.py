@@ -12,7 +12,7 @@ which also injects the faults). The same grid run once undisturbed is the refere
 
 Faults:
 
-- ``node``: a worker node's raylet killed by PID while a trial on it trains; a replacement node joins once the
+- ``node``: every process of a worker node killed by PID while a trial on it trains; a replacement node joins once the
   trial has resumed on the surviving node;
 - ``driver``: the study's own process killed with ``kill -9`` while trials run, then ``--resume``;
 - ``head``: every process of the head node killed by PID while a trial trains (the study must exit 3), then
@@ -238,7 +238,7 @@ RUNNERS: dict[str, Callable[[Bench], Try]] = {"node": node, "driver": driver, "h
                                               "no_cluster": no_cluster, "silent": silent,
                                               "local_start": local_start}
 LABELS = {
-    "node": "worker node's raylet killed (by PID) mid-trial; replacement node joins",
+    "node": "worker node killed (every process, by PID) mid-trial; replacement node joins",
     "driver": "driver killed with `kill -9` mid-study, then `--resume`",
     "head": "head node killed (every process, by PID) mid-study; `--resume` on a fresh cluster",
     "no_cluster": "`--address` with nothing listening",

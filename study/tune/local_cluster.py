@@ -7,7 +7,7 @@ a way to try ``--address`` without a second machine::
         cluster.start_head(num_cpus=0)       # the head runs no trial
         a, b = cluster.add_workers(2)        # 1 CPU each
         ...  python study/run.py --address {cluster.address} --storage /shared/folder ...
-        cluster.kill_raylet(b)               # a node dies
+        cluster.kill_node(b)                 # a node dies (every process, by PID)
         cluster.add_worker()                 # its replacement
 
 Every node is one ``ray start --block`` process and the processes it starts (GCS, raylet, dashboard, agents).
@@ -238,13 +238,6 @@ class LocalCluster:
         return False
 
     # ---------------------------------------------------------------------------------- failures ---
-    def kill_raylet(self, node: Node) -> ProcessRecord:
-        """SIGKILL the node's raylet by its PID (the node dies; its ``ray start`` then stops the rest)."""
-        node.refresh()
-        raylet = node.raylet()
-        raylet.signal(signal.SIGKILL)
-        return raylet
-
     def kill_node(self, node: Node) -> None:
         """SIGKILL every process of the node at once, each by its PID (a machine that vanishes)."""
         node.refresh()
