@@ -47,6 +47,7 @@ from benchmarks import (  # noqa: E402
     optuna_inprocess,
     ray_overhead,
     train_step,
+    trial_start,
 )
 from benchmarks.common import (  # noqa: E402
     REPO_ROOT,
@@ -66,13 +67,15 @@ BENCHMARKS = {
     "growth": growth,
     "inference": inference,
     "deploy_speed": deploy_speed,  # export parity, onnxruntime / TorchScript / torch images/s
+    "trial_start": trial_start,  # a trial process's imports and evaluation metrics
     "ray_overhead": ray_overhead,
     "optuna_inprocess": optuna_inprocess,
     "demo": demo,  # the longest (two default demos): last
 }
 HEADLINE_KEYS = ("feature_cache_speedup", "feature_cache_ceiling", "ray_overhead_ratio", "ray_cost_per_trial_s",
                  "optuna_inprocess_ratio", "demo_cpu_utilisation", "demo_speedup_vs_baseline",
-                 "train_step_flops_fraction", "predict_images_per_s")
+                 "train_step_flops_fraction", "predict_images_per_s", "trial_import_seconds",
+                 "metrics_speedup_vs_sklearn")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 # One intra-op thread by default: on a shared 2-core machine two threads make a step several times slower and
 # its time erratic (measured by train_step's threads=2 variant); pass --threads to choose.

@@ -13,15 +13,16 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADLINE_KEYS = ("feature_cache_speedup", "feature_cache_ceiling", "ray_overhead_ratio", "ray_cost_per_trial_s",
                  "optuna_inprocess_ratio", "demo_cpu_utilisation", "demo_speedup_vs_baseline",
-                 "train_step_flops_fraction", "predict_images_per_s")
+                 "train_step_flops_fraction", "predict_images_per_s", "trial_import_seconds",
+                 "metrics_speedup_vs_sklearn")
 MEASURED_IN_TINY = ("feature_cache_speedup", "feature_cache_ceiling", "train_step_flops_fraction",
-                    "predict_images_per_s")
+                    "predict_images_per_s", "trial_import_seconds", "metrics_speedup_vs_sklearn")
 # Benchmarks that need Ray (or whole demos): --tiny reports null with the reason instead.
 NULL_IN_TINY = {"ray_overhead": ("ray_overhead_ratio", "ray_cost_per_trial_s"),
                 "optuna_inprocess": ("optuna_inprocess_ratio",),
                 "demo": ("demo_cpu_utilisation", "demo_speedup_vs_baseline")}
-BENCHMARKS = ("feature_cache", "train_step", "growth", "inference", "deploy_speed", "ray_overhead", "optuna_inprocess",
-              "demo")
+BENCHMARKS = ("feature_cache", "train_step", "growth", "inference", "deploy_speed", "trial_start", "ray_overhead",
+              "optuna_inprocess", "demo")
 PROFILE_PARTS = ("attention", "dilated conv", "FFM", "ANG", "data loading", "optimiser", "other")
 # A guard against a hang, not a speed check (speed lives in the benchmarks themselves): generous, because a
 # loaded machine can take minutes.
