@@ -29,6 +29,8 @@ CATEGORIES = "brick,hex_nut"
 # The session's local Ray (tests/study/conftest.py): 2 CPUs, as the machine the platform was built on.
 SESSION_CPUS = 2
 CLI_TIMEOUT_S = 300
+# The status Tune saves for a trial that ended (completed, or stopped by the scheduler).
+TUNE_TERMINATED = "TERMINATED"
 
 
 def study_args(space: Path, data: Path, results_root: Path, *extra: str) -> list[str]:
@@ -75,9 +77,10 @@ def assert_usage_error(out: subprocess.CompletedProcess, *fragments: str) -> Non
 def kill_study_after_first_completed_trial(args: list[str], env: dict[str, str], folder: Path, log_path: Path,
                                            wait_s: float) -> pd.DataFrame:
     """Run ``study/run.py ARGS`` and ``kill -9`` it as soon as ``trials.csv`` shows a completed trial that Tune's
-    saved experiment state knows too (killing then, rather than once the next trial trains, keeps a fast machine
-    from finishing the study between two polls; killing before Tune saved its state would have ``--resume``
-    report that trial once more); returns the completed trials as the killed study recorded them."""
+    saved experiment state marks terminated too (killing then, rather than once the next trial trains, keeps a
+    fast machine from finishing the study between two polls; killing before Tune saved the trial as terminated
+    would have ``--resume`` report that trial once more, and a search tell Optuna about a finished trial
+    twice); returns the completed trials as the killed study recorded them."""
     with log_path.open("w") as log:
         driver = subprocess.Popen([*RUN, *args], cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
         try:
@@ -88,7 +91,7 @@ def kill_study_after_first_completed_trial(args: list[str], env: dict[str, str],
                 if (folder / TRIALS_FILE).is_file():
                     trials = pd.read_csv(folder / TRIALS_FILE, dtype={"trial_id": str})
                     finished = trials[trials.status == "completed"]
-                    if len(finished) >= 1 and all(tune_state_saved_after(folder, t) for t in finished.trial_id):
+                    if len(finished) >= 1 and all(tune_state_terminated(folder, t) for t in finished.trial_id):
                         break
             assert driver.poll() is None, log_path.read_text()[-3000:]
             assert len(finished) >= 1, log_path.read_text()[-3000:]
@@ -100,15 +103,26 @@ def kill_study_after_first_completed_trial(args: list[str], env: dict[str, str],
     return finished
 
 
-def tune_state_saved_after(folder: Path, trial_id: str) -> bool:
-    """Whether Tune saved its experiment state after the trial's newest checkpoint (so that a restore of the
-    study in ``folder`` knows that checkpoint)."""
-    return experiment_state_saved_after(folder / RAY_DIR / TUNE_EXPERIMENT, trial_id)
+def tune_state_terminated(folder: Path, trial_id: str) -> bool:
+    """Whether the experiment state Tune saved last for the study in ``folder`` marks the trial terminated
+    (a restore of the study then never runs or reports it again)."""
+    states = list((folder / RAY_DIR / TUNE_EXPERIMENT).glob("experiment_state-*.json"))
+    if not states:
+        return False
+    try:  # Tune replaces the file whole; a read racing a write is retried at the next poll
+        saved = json.loads(max(states, key=lambda p: p.stat().st_mtime).read_text())
+    except (OSError, ValueError):
+        return False
+    for trial_json, _ in saved.get("trial_data", []):
+        trial = json.loads(trial_json)
+        if trial.get("trial_id") == trial_id:
+            return trial.get("status") == TUNE_TERMINATED
+    return False
 
 
 def experiment_state_saved_after(experiment: Path, trial_id: str) -> bool:
-    """:func:`tune_state_saved_after` for Tune's experiment folder itself (a study run with ``--storage``
-    keeps it outside the study folder)."""
+    """Whether Tune saved its experiment state in ``experiment`` after the trial's newest checkpoint (so that
+    a restore of the study knows that checkpoint)."""
     states = list(experiment.glob("experiment_state-*.json"))
     checkpoints = [p for p in experiment.glob(f"*{trial_id}*/checkpoint_*") if p.is_dir()]
     if not states or not checkpoints:

@@ -5,9 +5,6 @@ code 2, before Ray starts."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,11 +23,10 @@ from study.optuna_storage import (
     fail_orphaned_trials,
     load_optuna_study,
 )
-from tests.study.helpers import REPO_ROOT, RUN, read_tables, study_args
+from tests.study.helpers import kill_study_after_first_completed_trial, read_tables, study_args
 
 SEARCH = {"noise_intensity": {"low": 0.5, "high": 2.0, "log": True}}
 KILL_WAIT_S = 240
-POLL_S = 0.25
 
 
 def _sqlite(path: Path) -> str:
@@ -96,26 +92,8 @@ def test_search_trials_are_in_the_optuna_storage_and_survive_a_kill_and_resume(
                        fixed={"epochs": 2})
     args = study_args(space, tiny_data, tmp_path / "results", "--address", ray_session, "--max-concurrent", "1")
     folder = tmp_path / "results" / "optunadb"
-    log_path = tmp_path / "first.log"
-    with log_path.open("w") as log:
-        driver = subprocess.Popen([*RUN, *args], cwd=REPO_ROOT, env=child_env, stdout=log, stderr=log)
-        try:
-            deadline = time.monotonic() + KILL_WAIT_S
-            completed = pd.DataFrame()
-            while time.monotonic() < deadline and driver.poll() is None:
-                time.sleep(POLL_S)
-                if (folder / "trials.csv").is_file() and (folder / "history.csv").is_file():
-                    trials = pd.read_csv(folder / "trials.csv", dtype={"trial_id": str})
-                    history = pd.read_csv(folder / "history.csv", dtype={"trial_id": str})
-                    completed = trials[trials.status == "completed"]
-                    if len(completed) >= 1 and (~history.trial_id.isin(completed.trial_id)).any():
-                        break  # a second trial is training: kill the study now
-            assert driver.poll() is None and len(completed) >= 1, log_path.read_text()[-3000:]
-            driver.send_signal(signal.SIGKILL)
-            driver.wait(timeout=60)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
+    completed = kill_study_after_first_completed_trial(args, child_env, folder, tmp_path / "first.log",
+                                                       KILL_WAIT_S)
     study_json = json.loads((folder / "study.json").read_text())
     assert study_json[STORAGE_KEY] == default_storage_url(folder) and study_json[STUDY_NAME_KEY] == "optunadb"
     # Killed mid-study: what finished is already in the database, with its value.
