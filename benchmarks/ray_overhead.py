@@ -9,9 +9,11 @@ as whole commands. Two comparisons, each timed side by side:
   trainings use torch's default threads (every core); the study runs as many one-CPU trials at once as the
   CPUs hold (and gives CPUs left idle at its end to the trials still running). Candidates alternate over
   ``rounds`` and are compared by their medians.
-- **like for like** (one round): the same threads per training on both sides (``OMP_NUM_THREADS`` of the
-  plain runs = the study's ``--cpus-per-worker``), one trial at a time (``--max-concurrent 1``) and a local Ray
-  of exactly those CPUs (``--num-cpus``, so no idle CPU is handed to the trial). What the study costs beyond
+- **like for like** (alternating rounds too, medians): the same threads per training on both sides
+  (``OMP_NUM_THREADS`` of the plain runs = the study's ``--cpus-per-worker``), one trial at a time
+  (``--max-concurrent 1``) and a local Ray
+  of exactly those CPUs (``--num-cpus``, so no idle CPU is handed to the trial; with nothing to resize, the
+  study then reuses Tune's trial actors, see README "Resizing or actor reuse"). What the study costs beyond
   the plain runs here, less Ray's start-up, is Ray's cost per trial (``ray_cost_per_trial_s``: a Tune trial,
   its actor process with its imports, Tune's per-epoch checkpoints; counted as before, it also carries the
   study's own fixed costs after Ray's start, such as its tables and report, spread over the trials); the
@@ -212,25 +214,27 @@ def run(settings: Settings) -> Outcome:
         samples = interleave({"sequential": lambda: runner.sequential(None, "sequential"),
                               "study": lambda: runner.study(None, "study")}, sizes.rounds)
         like = interleave({"sequential": lambda: runner.sequential(settings.threads, "sequential_like"),
-                           "study": lambda: runner.study(settings.threads, "study_like")}, 1)
+                           "study": lambda: runner.study(settings.threads, "study_like")}, sizes.rounds)
     except StudyFailedError as err:
         details["ratio_null_reason"] = str(err)
         return Outcome({"ray_overhead_ratio": None, "ray_cost_per_trial_s": None}, _null_checks(), details)
     sequential_s, study_s = median(samples["sequential"]), median(samples["study"])
     ratio = study_s / sequential_s
-    like_sequential_s, like_study_s = like["sequential"][0], like["study"][0]
+    like_sequential_s, like_study_s = median(like["sequential"]), median(like["study"])
     ray_ready = [_ray_ready_seconds(log) for log in runner.study_logs["study_like"]]
-    ray_start_s = ray_ready[0] or 0.0
+    ray_start_s = median([seconds for seconds in ray_ready if seconds is not None]) if any(ray_ready) else 0.0
     per_trial_cost = (like_study_s - like_sequential_s - ray_start_s) / TRIALS
     needed = (like_study_s - like_sequential_s) / (TARGET_RATIO - 1) / TRIALS
     plain = _plain_metrics(runner.runs["sequential_like"][0])
     study = _study_metrics(runner.runs["study_like"][0])
     difference = max(abs(plain[seed] - study[seed]) for seed in range(TRIALS))
-    span = _trials_span_seconds(runner.runs["study_like"][0])
+    spans = [_trials_span_seconds(folder) for folder in runner.runs["study_like"]]
+    span = median([seconds for seconds in spans if seconds is not None]) if any(spans) else None
     span_cost = (span - like_sequential_s) / TRIALS if span is not None else None
     details.update({
         "seconds": samples, "median_seconds": {"sequential": sequential_s, "study": study_s},
-        "like_for_like_seconds": {"sequential": like_sequential_s, "study": like_study_s},
+        "like_for_like_seconds": like,
+        "like_for_like_median_seconds": {"sequential": like_sequential_s, "study": like_study_s},
         "like_for_like_ratio": like_study_s / like_sequential_s,
         "ray_ready_seconds": ray_ready,
         "ray_cost_per_trial_seconds": per_trial_cost,

@@ -142,6 +142,13 @@ def max_concurrent_trials(shape: WorkerShape, resources: ClusterResources, reque
     return min(requested, fit)
 
 
+def trials_can_grow(shape: WorkerShape, resources: ClusterResources) -> bool:
+    """Whether a one-worker trial could ever be given a spare CPU: some node has at least one CPU more than a
+    trial takes (a trial's bundle lives on one node). Where none has, resizing can never act, and on a local
+    Ray the trials reuse their Ray actors instead (see :func:`study.tune.driver.build_tuner`)."""
+    return shape.workers == 1 and resources.node_cpus >= shape.cpus + 1 - 1e-9
+
+
 # ---------------------------------------------------------------------------------------- address ---
 
 def resolve_address(address: str) -> str:

@@ -48,8 +48,9 @@ from study.tune.trial import run_trial, runs_in_trial
 # Tune reuses a multi-worker trial's driver process for the next trial (saving a process start and Ray
 # Train's imports per trial). That is safe only because Tune never stops a running trial here (see
 # GracefulASHA): a function trainable stopped mid-run cannot be reset, and its Train run would keep its CPUs
-# (a hang). One-worker trials cannot reuse actors: Tune's ResourceChangingScheduler refuses it (a trial whose
-# resources change needs a new actor).
+# (a hang). One-worker trials reuse actors only when they are not resized (TunerPlan.resize_trials): Tune's
+# ResourceChangingScheduler refuses actor reuse, since it pauses trials mid-run. A fresh actor costs a trial
+# about 3.7 s (a new Ray worker process and its imports; benchmarks/ray_overhead.py measures both ways).
 REUSE_TRIAL_ACTORS = True
 # Checkpoints Tune keeps per one-worker trial (each a whole MAAE run folder): two, so that the experiment state
 # Tune saved last always points at one that still exists, even if the study is killed between two saves.
@@ -120,6 +121,9 @@ class TunerPlan:
     seed: int
     # The Optuna RDB storage URL a search records its trials in (study.optuna_storage); None: in memory.
     optuna_storage: str | None = None
+    # One-worker trials: give spare CPUs to running trials (Tune's ResourceChangingScheduler, fresh actors), or
+    # keep each trial's CPUs and reuse actors (where no trial could grow, or with --no-resize).
+    resize_trials: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -176,8 +180,9 @@ def build_tuner(plan: TunerPlan) -> tune.Tuner:
                             mode=space.mode, max_t=top, grace_period=min(space.scheduler.grace_period, top),
                             reduction_factor=space.scheduler.reduction_factor)
     in_trial = runs_in_trial(plan.trial_settings)
+    resized = in_trial and plan.resize_trials
     scheduler: TrialScheduler | None = asha
-    if in_trial:
+    if resized:
         scheduler = resizing_scheduler(asha, asha.stop_was_requested if asha is not None else None)
     # Tune retries a one-worker trial whose process died; a multi-worker trial's retries are Train's.
     trial_retries = plan.trial_settings.worker_retries if in_trial else 0
@@ -186,7 +191,7 @@ def build_tuner(plan: TunerPlan) -> tune.Tuner:
         param_space=param_space,
         tune_config=tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=space.num_samples,
                                     max_concurrent_trials=plan.max_concurrent,
-                                    reuse_actors=REUSE_TRIAL_ACTORS and not in_trial),
+                                    reuse_actors=REUSE_TRIAL_ACTORS and not resized),
         run_config=tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=plan.ray_storage,
                                   callbacks=[StudyCallback(plan.recorder_settings)],
                                   failure_config=tune.FailureConfig(max_failures=trial_retries),

@@ -212,3 +212,45 @@ def test_a_trial_grows_only_when_its_remaining_epochs_pay_for_a_restart() -> Non
     # the first result mixes the start-up into its epoch: too early to tell
     assert not worth_a_restart({"time_this_iter_s": 20.0, "time_total_s": 20.0, "training_iteration": 1,
                                 "epoch": 1, "epochs": 1000})
+
+
+def test_trials_that_are_not_resized_reuse_one_actor_and_compute_the_same(
+        tmp_path: Path, tiny_data: Path, ray_session: str, child_env: dict[str, str],
+        tiny_config: dict[str, Any]) -> None:
+    # One trial at a time, --no-resize: each trial after the first starts in the actor the previous one
+    # left (Tune's actor reuse), which saves a new Ray worker process and its imports; the metrics are those
+    # of fresh actors (the same grid with resizing, where every trial gets its own actor).
+    grid = {"noise_intensity": [0.5, 1.0, 2.0]}
+    space = tmp_path / "reuse.yaml"
+    space.write_text(yaml.safe_dump({"name": "reuse", "fixed": tiny_config, "eval_every": "final", "grid": grid}),
+                     encoding="utf-8")
+    common = ("--address", ray_session, "--max-concurrent", "1")
+    runs = {"reused": ("--no-resize",), "fresh": ()}
+    metrics, pids = {}, {}
+    for label, extra in runs.items():
+        args = study_args(space, tiny_data, tmp_path / label, *common, *extra)
+        done = subprocess.run([*RUN, *args], cwd=REPO_ROOT, env=child_env, capture_output=True, text=True,
+                              timeout=KILL_WAIT_S, check=False)
+        assert done.returncode == 0, done.stderr[-3000:]
+        folder = tmp_path / label / "reuse"
+        _, trials, _, _ = read_tables(folder)
+        metrics[label] = trials.set_index("noise_intensity")[list(METRIC_NAMES)].sort_index()
+        pids[label] = {reported[-1]["pid"] for reported in tune_results(folder).values()}
+        if label == "reused":
+            assert "reuse Ray's trial actors (--no-resize)" in done.stderr
+    assert len(pids["reused"]) == 1, pids  # three trials, one actor process
+    assert len(pids["fresh"]) == len(grid["noise_intensity"]), pids
+    pd.testing.assert_frame_equal(metrics["reused"], metrics["fresh"], check_exact=True)
+
+
+def test_trials_grow_only_where_a_node_has_a_cpu_more_than_a_trial_takes() -> None:
+    from study.tune.cluster import ClusterResources, WorkerShape, trials_can_grow
+
+    def on(node_cpus: float, cpus: float = 2 * 1.0) -> ClusterResources:
+        return ClusterResources(cpus=cpus, gpus=0.0, node_cpus=node_cpus, node_gpus=0.0, memory=1e9)
+
+    one_cpu_trial = WorkerShape(workers=1, cpus=1.0, gpus=0.0)
+    assert trials_can_grow(one_cpu_trial, on(node_cpus=2.0))
+    assert not trials_can_grow(one_cpu_trial, on(node_cpus=1.0))  # two 1-CPU nodes: a bundle spans no nodes
+    assert not trials_can_grow(WorkerShape(workers=1, cpus=2.0, gpus=0.0), on(node_cpus=2.0))
+    assert not trials_can_grow(WorkerShape(workers=2, cpus=1.0, gpus=0.0), on(node_cpus=4.0, cpus=4.0))  # Train
