@@ -16,13 +16,12 @@ in alternation:
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks.common import PYTHON, REPO_ROOT, Outcome, Settings, info, interleave, median, run_command, timed
-from maae.data import resolve_categories
+from maae.data import list_samples, resolve_categories
 from maae.metrics import _ranking_metrics
 
 NAME = "trial_start"
@@ -32,7 +31,6 @@ TRIAL_IMPORTS = "import study.tune.trial_worker"
 WITH_SKLEARN = TRIAL_IMPORTS + "; import sklearn.metrics"
 DEFECT_FRACTION = 0.01  # the embedded set's small defects cover under 1% of an image
 SEED = 0
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def sklearn_ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float, float]:
@@ -61,17 +59,13 @@ def _import_seconds(statement: str) -> float:
     return result.seconds
 
 
-def _test_images(data_root: Path, category: str) -> int:
-    return sum(1 for path in (data_root / category / "test").rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def run(settings: Settings) -> Outcome:
     rounds = TINY_ROUNDS if settings.tiny else FULL_ROUNDS
     imports = interleave({"trial code": lambda: _import_seconds(TRIAL_IMPORTS),
                           "trial code + sklearn.metrics": lambda: _import_seconds(WITH_SKLEARN)}, rounds)
     category = resolve_categories(settings.data_root, None)[0]
     size = settings.config().image_size
-    images = _test_images(settings.data_root, category)
+    images = len(list_samples(settings.data_root, category, "test"))
     rng = np.random.default_rng(SEED)
     labels = rng.random(images * size * size) < DEFECT_FRACTION
     scores = (rng.random(labels.size) + labels * 0.5).astype(np.float32)

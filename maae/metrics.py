@@ -177,10 +177,16 @@ def _aupro_validated(maps: np.ndarray, defect: np.ndarray, fpr_limit: float) -> 
     pro = np.cumsum(pro_step[sorted_ids])
     del sorted_ids
     # The curve's points are the ends of runs of tied scores, after (0, 0) for a threshold above every score.
-    run_ends = np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), sorted_scores.size - 1)
+    run_ends = _tie_run_ends(sorted_scores)
     fpr = np.concatenate(([0.0], fpr[run_ends]))
     pro = np.clip(np.concatenate(([0.0], pro[run_ends])), 0.0, 1.0)
     return _area_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+def _tie_run_ends(sorted_scores: np.ndarray) -> np.ndarray:
+    """Index of the last element of every run of equal scores in a sorted array: the curve points of the ROC and
+    PRO curves, since a threshold passes all tied pixels at once."""
+    return np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), sorted_scores.size - 1)
 
 
 def _lowest_needed_threshold(normal_scores: np.ndarray, fpr_limit: float) -> float:
@@ -231,7 +237,7 @@ def _ranking_metrics(labels: np.ndarray, scores: np.ndarray) -> tuple[float, flo
     sorted_scores = scores[order]
     positive_cumsum = np.cumsum(labels[order] != 0, dtype=np.int64)
     del order
-    run_ends = np.append(np.flatnonzero(sorted_scores[1:] != sorted_scores[:-1]), sorted_scores.size - 1)
+    run_ends = _tie_run_ends(sorted_scores)
     del sorted_scores
     true_pos = np.concatenate(([0], positive_cumsum[run_ends])).astype(np.float64)
     false_pos = np.concatenate(([0], run_ends + 1)).astype(np.float64) - true_pos
