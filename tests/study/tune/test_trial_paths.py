@@ -176,9 +176,13 @@ def test_idle_cpus_go_to_the_trial_still_running(
     reported = [r for r in tune_results(folder)[grown] if not r.get("stopped")]
     threads = [r[RESULT_INTRA_OP_THREADS] for r in reported]
     assert threads[0] == 1 and threads[-1] == SESSION_CPUS and threads == sorted(threads)
-    epochs = [r["epoch"] for r in reported]
-    assert epochs == list(range(1, len(epochs) + 1))  # restarted from its checkpoint: no epoch lost or repeated
-    assert sorted(history[history.trial_id == grown].epoch) == epochs
+    # Restarted from its checkpoint: no epoch lost or repeated, in the study's own record of every report.
+    # Tune's result.json can miss the one result at which the scheduler paused the trial to resize it (seen
+    # once in CI: epochs 1, 3, 4, 5 there, 1-5 in history.csv), so it must only never repeat or go back.
+    epochs = list(history[history.trial_id == grown].epoch)
+    assert epochs == list(range(1, len(epochs) + 1))
+    logged = [r["epoch"] for r in reported]
+    assert logged == sorted(set(logged)) and set(logged) <= set(epochs) and logged[-1] == epochs[-1]
 
 
 def test_resources_change_only_at_checkpointed_results_that_do_not_end_the_trial() -> None:
