@@ -60,13 +60,16 @@ EXIT_INTERRUPTED = 130
 SHARED_FEATURE_CACHE = "feature-cache"
 EXAMPLES_PER_CATEGORY = 3
 RESUME_KEYS = ("space", "data_root", "categories", "preset", "fixed", "repeats")
+# study.json: whether one-worker trials were resized (True) or kept their CPUs and reused actors (False).
+RESIZE_KEY = "resize_trials"
 
 
 def build_parser(prog: str = "python study/run.py") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Search MAAE's hyperparameters with Optuna (TPE) and ASHA under Ray Tune; each trial is a "
-                    "Ray Train TorchTrainer run. Results go to <results>/<name>/.")
+        description="Search MAAE's hyperparameters with Optuna (TPE) and ASHA under Ray Tune; a one-worker "
+                    "trial trains in Tune's trial actor, a trial of 2+ workers is a Ray Train TorchTrainer run "
+                    "(DDP). Results go to <results>/<name>/.")
     parser.add_argument("--space", required=True, help="search space YAML (see search_spaces/README.md)")
     parser.add_argument("--data", help="data set in MVTec-AD layout (default: the embedded set)")
     parser.add_argument("--categories", help="comma-separated subset of categories (default: all)")
@@ -322,17 +325,40 @@ def run(plan: Plan) -> int:
         # node-death test), so a cluster study reuses actors only when asked (--no-resize).
         can_grow = cluster.trials_can_grow(plan.shape, resources)
         resize = not plan.args.no_resize and (plan.address is not None or can_grow)
+        why_fixed = " (--no-resize)" if plan.args.no_resize else " (no CPU beyond one trial's: nothing to resize)"
+        saved = _saved_resize_mode(plan) if plan.args.resume else None
+        kept_mode = saved is not None and saved != resize
+        if kept_mode:
+            # Tuner.restore brings back the scheduler (and actor reuse) the study was started with.
+            resize, why_fixed = bool(saved), " (as when this study started)"
         dashboard = cluster.dashboard_url()
         say(f"Ray ready in {time.perf_counter() - started_ray:.1f}s: {where}, {resources.describe()}; "
             f"up to {concurrent} trial(s) at once" + (f"; dashboard {dashboard}" if dashboard else ""))
+        if kept_mode:
+            say(f"--resume: a resumed study keeps the mode it started with, {_resize_mode_words(resize)} "
+                f"(Tune restores its scheduler), whatever --no-resize says now")
         if plan.shape.workers == 1:
             say("spare CPUs go to running trials (Tune's ResourceChangingScheduler)" if resize else
-                "trials keep their CPUs and reuse Ray's trial actors" +
-                (" (--no-resize)" if plan.args.no_resize else " (no CPU beyond one trial's: nothing to resize)"))
+                "trials keep their CPUs and reuse Ray's trial actors" + why_fixed)
         return run_study(plan, concurrent, resize)
     finally:
         if own_ray:
             cluster.shutdown(watch)
+
+
+def _saved_resize_mode(plan: Plan) -> bool | None:
+    """Whether the study being resumed resized its trials (``study.json``); None when it does not say."""
+    import json
+
+    try:
+        saved = json.loads((plan.results_dir / STUDY_FILE).read_text(encoding="utf-8")).get(RESIZE_KEY)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return saved if isinstance(saved, bool) else None
+
+
+def _resize_mode_words(resize: bool) -> str:
+    return "spare CPUs going to running trials" if resize else "trials keeping their CPUs"
 
 
 def warm_feature_cache(plan: Plan) -> None:
@@ -371,6 +397,7 @@ def run_study(plan: Plan, concurrent: int, resize: bool = True) -> int:
                                   max_concurrent=concurrent, seed=plan.args.seed,
                                   optuna_storage=plan.optuna_storage, resize_trials=resize)
     study = study_payload(plan)
+    study[RESIZE_KEY] = resize
     plan.results_dir.mkdir(parents=True, exist_ok=True)
     res.write_study_json(plan.results_dir, study)
 

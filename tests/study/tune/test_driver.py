@@ -105,7 +105,7 @@ def test_a_nan_trial_is_recorded_as_failed_and_the_study_goes_on(
 
 def test_killed_study_resumes_without_rerunning_finished_trials(
         tmp_path: Path, tiny_data: Path, ray_session: str, child_env: dict[str, str],
-        space_file: Callable[..., Path]) -> None:
+        space_file: Callable[..., Path], capsys: pytest.CaptureFixture[str]) -> None:
     # Four one-at-a-time trials of 3 epochs, killed as soon as the first one has completed: three trials (9
     # epochs) are then left, so the kill lands mid-study however fast this machine is. (Waiting for the second
     # trial's first epoch as well once let a fast CI machine finish the study between two polls.)
@@ -117,10 +117,16 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
     before = {tid: checkpoint_names(folder, tid) for tid in finished.trial_id}
     kept = finished.set_index("trial_id")
 
-    code = cli.main([*args, "--resume"])
+    assert json.loads((folder / "study.json").read_text())["resize_trials"] is True  # a cluster study resizes
+    capsys.readouterr()
+    # --no-resize cannot change a resumed study (Tune restores its scheduler): the study says so and keeps it.
+    code = cli.main([*args, "--resume", "--no-resize"])
     assert code == 0
+    said = capsys.readouterr().err
+    assert "a resumed study keeps the mode it started with, spare CPUs going to running trials" in said
+    assert "spare CPUs go to running trials (Tune's ResourceChangingScheduler)" in said
     study, trials, _, history = read_tables(folder)
-    assert study["status"] == "finished"
+    assert study["status"] == "finished" and study["resize_trials"] is True
     assert len(trials) == 4 and set(trials.status) == {"completed"}
     trials = trials.set_index("trial_id")
     for tid in finished.trial_id:
