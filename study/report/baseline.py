@@ -11,6 +11,7 @@ after the first study on a data set the baseline costs seconds.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from study.report.paper import normalise_category
 BASELINE_NAME = "nearest-neighbour patch baseline"
 BASELINE_COLUMNS = [CATEGORY, *METRIC_NAMES]
 DEFAULT_PRESET = "quick"
+PROGRESS_PREFIX = "[report]"
 
 
 @dataclass(frozen=True)
@@ -77,12 +79,21 @@ def compute_baseline(results_dir: Path, config: MAAEConfig, data_root: Path, cat
     maae's one-line DataError naming ``--data``."""
     from maae.baseline import default_baseline_config, run_baseline
 
-    result = run_baseline(config, default_baseline_config(config), Path(data_root), categories or None)
+    # Minutes on a new data set or image size (seconds once maae has cached it): say what the report is doing.
+    report_progress(f"computing the {BASELINE_NAME} for this data set at {config.image_size} px "
+                    f"({config.backbone}); maae caches it, so later reports read it")
+    result = run_baseline(config, default_baseline_config(config), Path(data_root), categories or None,
+                          progress=report_progress)
     rows = [{CATEGORY: category, **{m: values.get(m) for m in METRIC_NAMES}}
             for category, values in result.evaluation.per_category.items()]
     frame = pd.DataFrame(rows, columns=BASELINE_COLUMNS)
     write_csv_atomic(Path(results_dir) / BASELINE_FILE, frame)
     return frame
+
+
+def report_progress(message: str) -> None:
+    """A progress line of the report on stderr (the study's own lines are on stderr too)."""
+    print(f"{PROGRESS_PREFIX} {message}", file=sys.stderr, flush=True)
 
 
 def read_baseline(path: Path) -> pd.DataFrame:

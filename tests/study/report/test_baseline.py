@@ -53,7 +53,7 @@ def test_a_report_without_a_baseline_says_why(tmp_path):
     assert not (finished / "baseline.csv").exists()
 
 
-def test_the_report_computes_baseline_csv_with_maaes_baseline(tmp_path, tiny_data: Path):
+def test_the_report_computes_baseline_csv_with_maaes_baseline(tmp_path, tiny_data: Path, capsys):
     folder = write_study(tmp_path, search_spec(categories=TINY_CATEGORIES))
     config = MAAEConfig.from_dict({**preset("quick").to_dict(), **TINY_CONFIG})
     study = json.loads((folder / "study.json").read_text())
@@ -70,6 +70,9 @@ def test_the_report_computes_baseline_csv_with_maaes_baseline(tmp_path, tiny_dat
         for metric, value in expected.evaluation.per_category[row["category"]].items():
             assert row[metric] == pytest.approx(value)
     assert "computed for this report" in sections["summary"]
+    said = capsys.readouterr().err  # minutes on a new data set: the report says what it is doing
+    assert f"[report] computing the {BASELINE_NAME} for this data set at {config.image_size} px" in said
+    assert "[report] baseline memory bank:" in said
     assert f"{100 * written['image_auroc'].mean():.2f}" in sections["summary"]
 
 
