@@ -408,6 +408,7 @@ def run_study(plan: Plan, concurrent: int, resize: bool = True) -> int:
     if plan.optuna_storage:
         say(f"Optuna records the search in {study['optuna_storage']} (optuna-dashboard opens it)")
     previous_term = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    previous_int = signal.getsignal(signal.SIGINT)
     interrupted = False
     try:
         tuner.fit()
@@ -415,6 +416,9 @@ def run_study(plan: Plan, concurrent: int, resize: bool = True) -> int:
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous_term)
+        # Tune leaves its own Ctrl-C handler installed after fit: the next Ctrl-C, during the examples or a
+        # report that computes the baseline for minutes, would only print Tune's "ending Ray Tune run".
+        signal.signal(signal.SIGINT, previous_int)
     return finish(plan, study, interrupted)
 
 
@@ -466,14 +470,20 @@ def finish(plan: Plan, study: dict[str, Any], interrupted: bool) -> int:
                 "new ones in their place)")
     best = recorder.best()
     best_dir = plan.results_dir / BEST_DIR
-    if best is not None and best_dir.is_dir() and not plan.args.no_examples and not interrupted:
-        write_examples_safely(best_dir, plan.data_root)
     study.update(ended_at=res.now_iso(), best_trial_id=best.trial_id if best else None,
                  status=STUDY_INTERRUPTED if interrupted else STUDY_FINISHED)
     res.write_study_json(plan.results_dir, study)
     from study.tune.callback import write_report_safely
 
-    write_report_safely(plan.results_dir, False)
+    try:  # the trials' results are complete here; what follows only presents them
+        if best is not None and best_dir.is_dir() and not plan.args.no_examples and not interrupted:
+            write_examples_safely(best_dir, plan.data_root)
+        write_report_safely(plan.results_dir, False)
+    except KeyboardInterrupt:
+        say(f"interrupted while writing the examples and the report; the study's results in {plan.results_dir} "
+            f"are complete (status {study['status']}); write the report with: python study/report.py "
+            f"{plan.results_dir}")
+        return EXIT_INTERRUPTED
     print_summary(plan, recorder, best)
     if interrupted:
         say(f"interrupted: continue with the same command plus --resume "

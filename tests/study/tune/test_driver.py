@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -120,8 +121,12 @@ def test_killed_study_resumes_without_rerunning_finished_trials(
     assert json.loads((folder / "study.json").read_text())["resize_trials"] is True  # a cluster study resizes
     capsys.readouterr()
     # --no-resize cannot change a resumed study (Tune restores its scheduler): the study says so and keeps it.
+    ctrl_c = signal.getsignal(signal.SIGINT)
     code = cli.main([*args, "--resume", "--no-resize"])
     assert code == 0
+    # Tune installs its own Ctrl-C handler for fit and leaves it; the study puts the previous one back, so a
+    # Ctrl-C during the examples or the report is not swallowed by a Tune run that has ended.
+    assert signal.getsignal(signal.SIGINT) is ctrl_c
     said = capsys.readouterr().err
     assert "a resumed study keeps the mode it started with, spare CPUs going to running trials" in said
     assert "spare CPUs go to running trials (Tune's ResourceChangingScheduler)" in said
