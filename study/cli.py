@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,8 @@ class Plan:
     ray_storage: str
     env_vars: dict[str, str]
     optuna_storage: str | None = None  # the search's Optuna storage URL (study.optuna_storage); None for a grid
+    # --resume: the study.json the interrupted run wrote (read once, when the resume is checked); else empty.
+    previous_study: dict[str, Any] = field(default_factory=dict)
 
 
 def main(argv: Sequence[str] | None = None, prog: str = "python study/run.py") -> int:
@@ -205,7 +207,7 @@ def validate(args: argparse.Namespace) -> Plan:
                 num_cpus=num_cpus, ray_storage=ray_storage, env_vars={})
     plan.env_vars = study_environment(local=address is None, storage=storage)
     if args.resume:
-        _check_resume(plan)
+        plan.previous_study = _check_resume(plan)
     from study.optuna_storage import resolve_optuna_storage
     from study.protocol import KIND_SEARCH
 
@@ -244,7 +246,8 @@ def _check_results_dir(results_dir: Path, resume: bool) -> None:
                           "another --name (or --results) to start a new one")
 
 
-def _check_resume(plan: Plan) -> None:
+def _check_resume(plan: Plan) -> dict[str, Any]:
+    """The study.json of the study to resume, once checked to come from the same command."""
     import json
 
     study_file = plan.results_dir / STUDY_FILE
@@ -257,6 +260,7 @@ def _check_resume(plan: Plan) -> None:
         if key in before and before[key] != now[key]:
             raise ConfigError(f"--resume: {key} differs from the study in {plan.results_dir} (was "
                               f"{_short(before[key])}, now {_short(now[key])}); expected the same command")
+    return before
 
 
 def _short(value: Any) -> str:
@@ -326,8 +330,8 @@ def run(plan: Plan) -> int:
         can_grow = cluster.trials_can_grow(plan.shape, resources)
         resize = not plan.args.no_resize and (plan.address is not None or can_grow)
         why_fixed = " (--no-resize)" if plan.args.no_resize else " (no CPU beyond one trial's: nothing to resize)"
-        saved = _saved_resize_mode(plan) if plan.args.resume else None
-        kept_mode = saved is not None and saved != resize
+        saved = plan.previous_study.get(RESIZE_KEY)  # absent before studies recorded it
+        kept_mode = isinstance(saved, bool) and saved != resize
         if kept_mode:
             # Tuner.restore brings back the scheduler (and actor reuse) the study was started with.
             resize, why_fixed = bool(saved), " (as when this study started)"
@@ -344,17 +348,6 @@ def run(plan: Plan) -> int:
     finally:
         if own_ray:
             cluster.shutdown(watch)
-
-
-def _saved_resize_mode(plan: Plan) -> bool | None:
-    """Whether the study being resumed resized its trials (``study.json``); None when it does not say."""
-    import json
-
-    try:
-        saved = json.loads((plan.results_dir / STUDY_FILE).read_text(encoding="utf-8")).get(RESIZE_KEY)
-    except (OSError, json.JSONDecodeError):
-        return None
-    return saved if isinstance(saved, bool) else None
 
 
 def _resize_mode_words(resize: bool) -> str:
@@ -429,12 +422,7 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
 
 def study_payload(plan: Plan) -> dict[str, Any]:
     space = plan.space
-    previous: dict[str, Any] = {}
-    study_file = plan.results_dir / STUDY_FILE
-    if plan.args.resume and study_file.is_file():
-        import json
-
-        previous = json.loads(study_file.read_text(encoding="utf-8"))
+    previous = plan.previous_study
     identity = _study_identity(plan)
     from study import optuna_storage
 
