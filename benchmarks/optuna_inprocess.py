@@ -10,7 +10,11 @@ and epochs, with the same TPE seed, on the same CPUs:
 - peer: ``python benchmarks/optuna_peer.py --space ... --epochs E --seed S --n-jobs CPUs`` (threads, one
   intra-op thread each).
 
-Both are timed as whole commands (interpreter start, Ray's start-up on the platform side), alternating over
+- platform, ``--no-resize``: the same command keeping each trial's CPU, which lets Tune reuse its trial actors
+  (Tune refuses actor reuse under the ResourceChangingScheduler of the default): what a new trial process per
+  trial costs the default, measured side by side.
+
+All are timed as whole commands (interpreter start, Ray's start-up on the platform side), alternating over
 ``rounds``, compared by their medians: ``optuna_inprocess_ratio`` = platform / peer. The benchmark also checks
 that both trained the same trials (TPE's seeded start-up proposes the same parameters on both sides) and
 reports how far their metrics are apart (the peer's threads share torch's random generator, so its trainings
@@ -55,6 +59,7 @@ SEED = 0
 COMMAND_TIMEOUT_S = 3600
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 RATIO_METRIC = "platform / plain Optuna wall time (same trials)"
+NO_RESIZE = "--no-resize"
 # Parameters proposed by the same seeded sampler on both sides are equal up to their float text in trials.csv.
 SAME_PARAM_TOLERANCE = 1e-9
 
@@ -83,10 +88,10 @@ def _tiny_sets(settings: Settings) -> list[str]:
     return [arg for name, value in TINY_CONFIG.items() if name != "epochs" for arg in ("--set", f"{name}={value}")]
 
 
-def study_command(settings: Settings, sizes: Sizes, results: Path, name: str) -> list[str]:
+def study_command(settings: Settings, sizes: Sizes, results: Path, name: str, *extra: str) -> list[str]:
     command = [PYTHON, str(STUDY_SCRIPT), "--space", str(SPACE_FILE), "--data", str(settings.data_root),
                "--epochs", str(sizes.epochs), "--seed", str(SEED), "--results", str(results), "--name", name,
-               "--no-examples", *_tiny_sets(settings)]
+               "--no-examples", *extra, *_tiny_sets(settings)]
     return command + (["--num-samples", str(sizes.trials)] if sizes.trials else [])
 
 
@@ -108,13 +113,20 @@ class _Runner:
         self.peers: list[Path] = []
 
     def platform(self) -> float:
+        return self._study()
+
+    def platform_no_resize(self) -> float:
+        return self._study(NO_RESIZE)
+
+    def _study(self, *extra: str) -> float:
         self.count += 1
         name = f"platform-{self.count}"
-        done = run_command(study_command(self.settings, self.sizes, self.folder, name), env=self.env,
+        done = run_command(study_command(self.settings, self.sizes, self.folder, name, *extra), env=self.env,
                            unset=THREAD_VARIABLES, timeout=COMMAND_TIMEOUT_S)
         if done.returncode != 0:
-            raise RuntimeError(f"study/run.py exited with {done.returncode}: {done.tail()}")
-        self.studies.append(self.folder / name)
+            raise RuntimeError(f"study/run.py {' '.join(extra)} exited with {done.returncode}: {done.tail()}")
+        if not extra:
+            self.studies.append(self.folder / name)
         return done.seconds
 
     def peer(self) -> float:
@@ -171,9 +183,10 @@ def compare_trials(platform_rows: list[dict[str, Any]], peer: dict[str, Any], na
 def _validate_study(settings: Settings, sizes: Sizes) -> str:
     from study.cli import build_parser, validate
 
-    command = study_command(settings, sizes, settings.scratch(NAME), "validate-only")
-    plan = validate(build_parser().parse_args(command[2:]))
-    return f"validated: {plan.space.total_trials} trials of {plan.space.name}"
+    for extra in ((), (NO_RESIZE,)):
+        command = study_command(settings, sizes, settings.scratch(NAME), "validate-only", *extra)
+        plan = validate(build_parser().parse_args(command[2:]))
+    return f"validated, with and without {NO_RESIZE}: {plan.space.total_trials} trials of {plan.space.name}"
 
 
 def run(settings: Settings) -> Outcome:
@@ -206,17 +219,22 @@ def run(settings: Settings) -> Outcome:
                        [at_most(NAME, RATIO_METRIC, None, TARGET_RATIO, "x"),
                         info(NAME, "plain Optuna (tiny)", peer_s, "s")], details)
 
-    samples = interleave({"platform": runner.platform, "peer": runner.peer}, sizes.rounds)
+    samples = interleave({"platform": runner.platform, "peer": runner.peer,
+                          "platform --no-resize": runner.platform_no_resize}, sizes.rounds)
     platform_s, peer_s = median(samples["platform"]), median(samples["peer"])
+    no_resize_s = median(samples["platform --no-resize"])
     ratio = platform_s / peer_s
     peer = json.loads(runner.peers[-1].read_text())
     same = compare_trials(_platform_trials(runner.studies[-1]), peer, names, space.metric)
-    details.update({"seconds": samples, "median_seconds": {"platform": platform_s, "peer": peer_s},
+    details.update({"seconds": samples,
+                    "median_seconds": {"platform": platform_s, "peer": peer_s, "platform --no-resize": no_resize_s},
+                    "ratio_no_resize": no_resize_s / peer_s,
                     "peer_phases_seconds": {"prepare": peer["seconds_prepare"], "optimize": peer["seconds_optimize"]},
                     "same_trials": same})
     checks = [at_most(NAME, RATIO_METRIC, ratio, TARGET_RATIO, "x"),
               info(NAME, "platform: study/run.py (defaults)", platform_s, "s"),
               info(NAME, f"plain Optuna, one process, n_jobs={_cpus()}", peer_s, "s"),
+              info(NAME, "platform --no-resize (actors reused) / plain Optuna", no_resize_s / peer_s, "x"),
               info(NAME, "same trials on both sides (1 = yes)", float(same["same_parameters"])),
               info(NAME, "max abs difference of the trials' metric", same["max_abs_metric_difference"])]
     return Outcome({"optuna_inprocess_ratio": ratio}, checks, details)
