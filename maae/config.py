@@ -171,8 +171,8 @@ class MAAEConfig:
 
 def preset(name: str) -> MAAEConfig:
     """The named preset: ``paper`` (the paper's settings), ``quick`` (2 CPU cores, minutes) or ``standard``
-    (``quick`` at 192 px with cosine decay and the bilinear merge: finer tokens for about three times the
-    cost; the one that beats the patch baseline on the embedded set)."""
+    (``quick`` at 192 px with cosine decay and the bilinear merge: finer tokens for about 2.2 times the
+    cost per epoch; the one that beats the patch baseline on the embedded set)."""
     if name == "paper":
         return MAAEConfig(
             backbone="efficientnet_b4",
@@ -189,7 +189,7 @@ def preset(name: str) -> MAAEConfig:
     if name == "standard":
         # The quick preset at 192 px with cosine decay and the bilinear merge, chosen on the embedded set made
         # with --seed 0 (README "Levers"): a 12x12 token grid for defects under 1% of the image that 8x8 tokens
-        # blur (+2.2 image / +0.7 pixel AUROC over 2 seeds, about 3x the cost per epoch), and the bilinear
+        # blur (+2.2 image / +0.7 pixel AUROC over 2 seeds, 2.3x the cost per epoch), and the bilinear
         # merge instead of the trainable FFM, which lowered pixel AUROC in every one-switch pair of the
         # ablation and here gained +0.8 image / +0.1 pixel over 3 paired seeds.
         return dataclasses.replace(preset("quick"), image_size=192, lr_schedule="cosine", use_ffm=False)
