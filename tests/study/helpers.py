@@ -103,28 +103,41 @@ def kill_study_after_first_completed_trial(args: list[str], env: dict[str, str],
     return finished
 
 
+def saved_trial_state(experiment: Path, trial_id: str) -> tuple[dict, dict] | None:
+    """The trial's entry (its settings, its run metadata) in the experiment state Tune saved last in
+    ``experiment``; None before Tune saved one with the trial, or while Tune rewrites the file."""
+    states = list(experiment.glob("experiment_state-*.json"))
+    if not states:
+        return None
+    try:  # Tune replaces the file whole; a read racing a write is retried at the next poll
+        saved = json.loads(max(states, key=lambda p: p.stat().st_mtime).read_text())
+        for trial_json, metadata_json in saved.get("trial_data", []):
+            trial = json.loads(trial_json)
+            if trial.get("trial_id") == trial_id:
+                return trial, json.loads(metadata_json)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def tune_state_terminated(folder: Path, trial_id: str) -> bool:
     """Whether the experiment state Tune saved last for the study in ``folder`` marks the trial terminated
     (a restore of the study then never runs or reports it again)."""
-    states = list((folder / RAY_DIR / TUNE_EXPERIMENT).glob("experiment_state-*.json"))
-    if not states:
-        return False
-    try:  # Tune replaces the file whole; a read racing a write is retried at the next poll
-        saved = json.loads(max(states, key=lambda p: p.stat().st_mtime).read_text())
-    except (OSError, ValueError):
-        return False
-    for trial_json, _ in saved.get("trial_data", []):
-        trial = json.loads(trial_json)
-        if trial.get("trial_id") == trial_id:
-            return trial.get("status") == TUNE_TERMINATED
-    return False
+    entry = saved_trial_state(folder / RAY_DIR / TUNE_EXPERIMENT, trial_id)
+    return entry is not None and entry[0].get("status") == TUNE_TERMINATED
 
 
-def experiment_state_saved_after(experiment: Path, trial_id: str) -> bool:
-    """Whether Tune saved its experiment state in ``experiment`` after the trial's newest checkpoint (so that
-    a restore of the study knows that checkpoint)."""
-    states = list(experiment.glob("experiment_state-*.json"))
-    checkpoints = [p for p in experiment.glob(f"*{trial_id}*/checkpoint_*") if p.is_dir()]
-    if not states or not checkpoints:
-        return False
-    return max(p.stat().st_mtime for p in states) > max(p.stat().st_mtime for p in checkpoints)
+def saved_epochs(experiment: Path, trial_id: str) -> int:
+    """The last epoch that Tune's saved experiment state records for the trial (0 when none).
+
+    Every epoch reports with its checkpoint, and Tune registers the checkpoint with the result before it saves
+    its state, so a restore of the study resumes the trial from this epoch's checkpoint at the latest. A test
+    that kills the driver waits for this rather than for the newest checkpoint on disk: Tune saves its state
+    every 2 s, and a tiny trial checkpoints several times in between (the state then never catches up with
+    the newest checkpoint, which made the driver-death test wait for a moment that never came).
+    """
+    entry = saved_trial_state(experiment, trial_id)
+    if entry is None:
+        return 0
+    epoch = (entry[1].get("last_result") or {}).get("epoch")
+    return int(epoch) if isinstance(epoch, int | float) else 0

@@ -27,7 +27,7 @@ import yaml
 from study.protocol import METRIC_NAMES
 from study.tune.local_cluster import LocalCluster, Node
 from tests.conftest import TINY_CONFIG
-from tests.study.helpers import REPO_ROOT, RUN, experiment_state_saved_after, study_args
+from tests.study.helpers import REPO_ROOT, RUN, saved_epochs, study_args
 
 # The grid of the undisturbed reference and the node-death study: five one-CPU trials, two at a time on the two
 # worker nodes. Five, so that after a node dies, its trial resumes on the survivor and the replacement joins,
@@ -274,7 +274,8 @@ def driver_killed(run: StudyRun, resume_args: list[str], env: dict[str, str], ep
             return None
         running = trials[(trials.status == "running") & (trials.epochs_done >= KILL_AFTER_EPOCHS)
                          & (trials.epochs_done < epochs - 1)]
-        running = running[[experiment_state_saved_after(run.experiment, tid) for tid in running.trial_id]]
+        # Tune's saved state knows a checkpoint of the trial, so --resume continues it rather than restarting
+        running = running[[saved_epochs(run.experiment, tid) >= KILL_AFTER_EPOCHS for tid in running.trial_id]]
         return running if len(running) else None
 
     victims = run.wait_for(ready, "one completed and one running trial")
