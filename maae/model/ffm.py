@@ -11,11 +11,11 @@ one (stride 16, the paper's), or stage 3 (stride 8, twice the tokens per side). 
 * :class:`BilinearMerge`, the ablation baseline (UniAD's merge): every stage is bilinearly resized to the
   token grid and the stages are concatenated.
 
-Both end in a per-channel standardisation without learnable scale (:class:`torch.nn.BatchNorm2d` with
-``affine=False``). That is how a *trainable* FFM cannot collapse the very target it produces: whatever the
-convolutions learn, every output channel has unit variance over the batch, so a constant output (zero loss)
-is unreachable. The auto encoder's target is additionally detached (see :mod:`maae.model.torch_model`), so
-the reconstruction loss never pulls the target towards the reconstruction.
+Both end in a per-channel standardisation without learnable scale (:class:`ChannelStandardisation`, a
+:class:`torch.nn.BatchNorm2d` with ``affine=False``). That is how a *trainable* FFM cannot collapse the very
+target it produces: whatever the convolutions learn, every output channel has unit variance over the batch,
+so a constant output (zero loss) is unreachable. The auto encoder's target is additionally detached (see
+:mod:`maae.model.torch_model`), so the reconstruction loss never pulls the target towards the reconstruction.
 """
 
 from __future__ import annotations
@@ -29,6 +29,25 @@ from torch import nn
 DOWNSAMPLE_KERNEL = 3
 DOWNSAMPLE_STRIDE = 2
 MERGE_KINDS = ("ffm", "bilinear")
+
+
+class ChannelStandardisation(nn.BatchNorm2d):
+    """Per-channel standardisation without learnable scale (``BatchNorm2d(affine=False)``, same state).
+
+    While exported to ONNX it applies the running statistics as plain arithmetic: the ONNX exporter refuses
+    ``batch_norm`` on a tensor whose channel count it cannot infer, which is what the concatenation of
+    bilinearly resized stages is in a traced graph. Everywhere else it is ``BatchNorm2d`` itself.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(channels, affine=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.training or not torch.onnx.is_in_onnx_export():
+            return super().forward(features)
+        mean = self.running_mean.view(1, -1, 1, 1)
+        scale = torch.rsqrt(self.running_var.view(1, -1, 1, 1) + self.eps)
+        return (features - mean) * scale
 
 
 class FeatureFusionModule(nn.Module):
@@ -49,7 +68,7 @@ class FeatureFusionModule(nn.Module):
             low_channels += next_channels
         self.downsamplers = nn.ModuleList(downsamplers)
         self.out_channels = sum(self.stage_channels)
-        self.norm = nn.BatchNorm2d(self.out_channels, affine=False)
+        self.norm = ChannelStandardisation(self.out_channels)
 
     def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
         low = stages[0]
@@ -72,7 +91,7 @@ class BilinearMerge(nn.Module):
         super().__init__()
         self.token_stage = _token_stage(tuple(stage_channels), token_stage)
         self.out_channels = sum(stage_channels)
-        self.norm = nn.BatchNorm2d(self.out_channels, affine=False)
+        self.norm = ChannelStandardisation(self.out_channels)
 
     def forward(self, stages: Sequence[torch.Tensor]) -> torch.Tensor:
         return self.norm(torch.cat(_resize_all(stages, stages[self.token_stage].shape[-2:]), dim=1))

@@ -320,3 +320,41 @@ def test_anomaly_map_generator_upsamples_and_smooths():
     peak = divmod(int(raw[0].argmax()), 32)
     assert 8 <= peak[0] <= 15 and 16 <= peak[1] <= 23  # token (1, 2) of a 4x4 grid covers rows 8-15, cols 16-23
     assert smooth.max() < raw.max() and smooth.sum() == pytest.approx(raw.sum().item(), rel=0.05)
+
+
+class _StagesToMerge(nn.Module):
+    """A merge taking the four stages as separate inputs, as a traced graph sees them."""
+
+    def __init__(self, merge: nn.Module) -> None:
+        super().__init__()
+        self.merge = merge
+
+    def forward(self, s1: torch.Tensor, s2: torch.Tensor, s3: torch.Tensor, s4: torch.Tensor) -> torch.Tensor:
+        return self.merge([s1, s2, s3, s4])
+
+
+@pytest.mark.parametrize("merge_class", [BilinearMerge, FeatureFusionModule])
+def test_both_merges_export_to_onnx_with_their_running_statistics(merge_class: type) -> None:
+    """The ONNX exporter refused batch_norm after the bilinear merge's concatenation (channels unknown in the
+    trace); the standardisation exports as arithmetic and computes what PyTorch computes in eval mode."""
+    import io
+
+    import numpy as np
+    import onnxruntime
+
+    torch.manual_seed(0)
+    merge = merge_class(STAGE_CHANNELS)
+    for seed in range(3):  # running statistics away from their initial 0 / 1
+        merge(stages(seed=seed))
+    graph = _StagesToMerge(merge).eval()
+    inputs = stages(batch=2, seed=7)
+    names = [f"s{i}" for i in range(1, 5)]
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(graph, tuple(inputs), buffer, dynamo=False, input_names=names, output_names=["merged"],
+                          dynamic_axes={name: {0: "batch"} for name in [*names, "merged"]}, opset_version=17)
+        expected = graph(*inputs).numpy()
+    session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    (exported,) = session.run(None, {name: t.numpy() for name, t in zip(names, inputs, strict=True)})
+    assert not np.allclose(merge.norm.running_var.numpy(), 1.0)
+    np.testing.assert_allclose(exported, expected, rtol=1e-4, atol=1e-5)
