@@ -48,8 +48,8 @@ STUDY_ENV = {
     "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
     # Save Tune's experiment state every 2 s (not 10): a killed study re-runs less when resumed.
     "TUNE_GLOBAL_CHECKPOINT_S": "2",
-    # One-worker trials checkpoint every epoch with few kept, so Tune saves its state at nearly every epoch on
-    # purpose (it then never points at a deleted checkpoint); its warning that this happens often is noise.
+    # Tune warns when it forces many state saves in a row (it does so with num_to_keep); the study keeps every
+    # checkpoint with Tune and deletes them itself (study.tune.checkpoints), so the warning would only be noise.
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
     # Tune's own console output (a settings box, result tables): the study prints its own progress lines.
     "RAY_AIR_NEW_OUTPUT": "0",

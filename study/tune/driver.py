@@ -39,6 +39,7 @@ from study.optuna_storage import TRIAL_ID_ATTR, open_storage
 from study.protocol import KIND_SEARCH, RESULT_EPOCH, RESULT_ERROR, RESULT_STOPPED, TUNE_EXPERIMENT
 from study.space import SCHEDULER_ASHA, StudySpace, grid_param_space, optuna_distributions
 from study.tune.callback import RecorderSettings, StudyCallback, is_finite
+from study.tune.checkpoints import CheckpointPruner
 from study.tune.cluster import TRIAL_DRIVER_MEMORY_BYTES
 from study.tune.resizing import resizing_scheduler
 from study.tune.settings import TrialSettings
@@ -52,9 +53,10 @@ from study.tune.trial import run_trial, runs_in_trial
 # ResourceChangingScheduler refuses actor reuse, since it pauses trials mid-run. A fresh actor costs a trial
 # about 3.7 s (a new Ray worker process and its imports; benchmarks/ray_overhead.py measures both ways).
 REUSE_TRIAL_ACTORS = True
-# Checkpoints Tune keeps per one-worker trial (each a whole MAAE run folder): two, so that the experiment state
-# Tune saved last always points at one that still exists, even if the study is killed between two saves.
-TUNE_CHECKPOINTS_KEPT = 2
+# Tune keeps every checkpoint of a one-worker trial (num_to_keep=None); study.tune.checkpoints.CheckpointPruner
+# deletes them once no saved experiment state can name them (Tune's own num_to_keep could delete the one its
+# last saved state named, and --resume then failed the trial).
+TUNE_CHECKPOINTS_KEPT = None
 
 
 class GuardedOptunaSearch(OptunaSearch):
@@ -193,7 +195,7 @@ def build_tuner(plan: TunerPlan) -> tune.Tuner:
                                     max_concurrent_trials=plan.max_concurrent,
                                     reuse_actors=REUSE_TRIAL_ACTORS and not resized),
         run_config=tune.RunConfig(name=TUNE_EXPERIMENT, storage_path=plan.ray_storage,
-                                  callbacks=[StudyCallback(plan.recorder_settings)],
+                                  callbacks=[StudyCallback(plan.recorder_settings), CheckpointPruner()],
                                   failure_config=tune.FailureConfig(max_failures=trial_retries),
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=TUNE_CHECKPOINTS_KEPT),
                                   verbose=0),
