@@ -1,7 +1,7 @@
 """Benchmark: the default demo as a user runs it, now and on the baseline commit, and how busy it keeps the CPUs.
 
-The default demo is ``python study/run.py --space search_spaces/ang.yaml`` with no other flags (5 TPE trials,
-ASHA, the quick preset on the embedded data set). This benchmark runs it
+The default demo is ``python study/run.py --space search_spaces/ang.yaml`` (5 TPE trials, ASHA, on the embedded
+data set), here at the sweep preset on both sides (:data:`PRESET_ARGS`). This benchmark runs it
 
 - from this working tree (now), and
 - from commit :data:`BASELINE_COMMIT` (before one-worker trials left Ray Train and before idle CPUs went to
@@ -36,11 +36,13 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    BENCH_PRESET,
     PYTHON,
     REPO_ROOT,
     Outcome,
@@ -64,6 +66,10 @@ ROUNDS = 1
 DEMO_TIMEOUT_S = 3600
 WARM_TIMEOUT_S = 1200
 GIT_TIMEOUT_S = 120
+# The preset each side runs. The baseline's quick preset is today's sweep preset (128 px, constant learning rate,
+# the trainable FFM), so today's tree runs that one; today's quick preset (192 px) costs 2.2x per epoch and
+# would compare two different models.
+PRESET_ARGS: dict[str, tuple[str, ...]] = {"baseline": (), "now": ("--preset", BENCH_PRESET)}
 # The demo as a user runs it: no thread settings of the caller's shell, no PYTHONPATH but the tree's.
 UNSET_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONPATH")
 # CPU-time fields that are not time of their own: Linux counts guest time inside user time.
@@ -150,15 +156,16 @@ def _environment(tree: Path) -> dict[str, str]:
     return env
 
 
-def demo_command(tree: Path, space: Path, results: Path, name: str) -> list[str]:
+def demo_command(tree: Path, space: Path, results: Path, name: str, preset_args: Sequence[str] = ()) -> list[str]:
     """The default demo of ``tree`` on the space file ``space``, with only its results moved to a scratch
-    folder."""
-    return [PYTHON, str(tree / STUDY_SCRIPT), "--space", str(space), "--results", str(results), "--name", name]
+    folder (and ``preset_args``, see :data:`PRESET_ARGS`)."""
+    return [PYTHON, str(tree / STUDY_SCRIPT), "--space", str(space), "--results", str(results), "--name", name,
+            *preset_args]
 
 
-def warm_command(tree: Path, space: Path, results: Path, name: str) -> list[str]:
+def warm_command(tree: Path, space: Path, results: Path, name: str, preset_args: Sequence[str] = ()) -> list[str]:
     """The tree's own code computing the demo's frozen-backbone features (the demo's first step), untimed."""
-    args = demo_command(tree, space, results, name)[2:]
+    args = demo_command(tree, space, results, name, preset_args)[2:]
     code = ("import sys; from study.cli import build_parser, validate, warm_feature_cache; "
             "warm_feature_cache(validate(build_parser().parse_args(sys.argv[1:])))")
     return [PYTHON, "-c", code, *args]
@@ -183,7 +190,8 @@ class _Runner:
     def warm(self, label: str) -> float:
         tree = self.trees[label]
         started = time.perf_counter()
-        done = subprocess.run(warm_command(tree, self.space, self.folder, f"warm-{label}"), cwd=tree,
+        done = subprocess.run(warm_command(tree, self.space, self.folder, f"warm-{label}", PRESET_ARGS[label]),
+                              cwd=tree,
                               env=_environment(tree),
                               capture_output=True, text=True, timeout=WARM_TIMEOUT_S, check=False)
         if done.returncode != 0:
@@ -196,7 +204,7 @@ class _Runner:
         name = f"demo-{label}-{self.count}"
         log_path = self.folder / f"{name}.log"
         with open(log_path, "w") as log:
-            process = subprocess.Popen(demo_command(tree, self.space, self.folder, name), cwd=tree,
+            process = subprocess.Popen(demo_command(tree, self.space, self.folder, name, PRESET_ARGS[label]), cwd=tree,
                                        env=_environment(tree), stdout=log, stderr=subprocess.STDOUT)
             sampler = CpuSampler(process.pid)
             try:
@@ -251,7 +259,8 @@ def _check_tiny(settings: Settings) -> str:
         raise RuntimeError(f"baseline commit {BASELINE_COMMIT} (or its {DEMO_SPACE}) is not in this repository")
     space = settings.scratch(NAME) / f"ang-{BASELINE_COMMIT}.yaml"
     space.write_text(found.stdout)
-    plan = validate(build_parser().parse_args(demo_command(REPO_ROOT, space, settings.scratch(NAME), "validate")[2:]))
+    command = demo_command(REPO_ROOT, space, settings.scratch(NAME), "validate", PRESET_ARGS["now"])
+    plan = validate(build_parser().parse_args(command[2:]))
     return (f"baseline {BASELINE_COMMIT} found; the demo on its space validated now: {plan.space.total_trials} "
             f"trials searching {', '.join(plan.space.searched)}")
 
@@ -266,7 +275,7 @@ def _null(reason: str, details: dict[str, Any]) -> Outcome:
 def run(settings: Settings) -> Outcome:
     details: dict[str, Any] = {"baseline_commit": BASELINE_COMMIT, "space_file": str(DEMO_SPACE),
                                "command": " ".join(demo_command(Path("TREE"), Path("SPACE"), Path("RESULTS"),
-                                                                "NAME")),
+                                                                "NAME", PRESET_ARGS["now"])),
                                "rounds": ROUNDS, "sample_seconds": SAMPLE_S}
     if settings.tiny:
         try:
@@ -283,7 +292,7 @@ def run(settings: Settings) -> Outcome:
         runner = _Runner(settings, {"baseline": baseline, "now": REPO_ROOT}, space)
         details["warm_seconds"] = {label: runner.warm(label) for label in runner.trees}
         details["report_baseline_fill_seconds"] = warm_report_baseline(
-            preset("quick"), settings.data_root, None, settings.scratch(NAME) / "report-baseline")
+            preset(BENCH_PRESET), settings.data_root, None, settings.scratch(NAME) / "report-baseline")
         samples = interleave({label: (lambda label=label: runner.demo(label)) for label in runner.trees}, ROUNDS)
     finally:
         remove_worktree(baseline)

@@ -1,6 +1,6 @@
-"""Export parity and speed of the exported model: ONNX Runtime and TorchScript beside PyTorch, quick preset.
+"""Export parity and speed of the exported model: ONNX Runtime and TorchScript beside PyTorch, sweep preset.
 
-Trains a quick-preset run on one category of the embedded set for a few epochs (speed and parity do not
+Trains a sweep-preset run on one category of the embedded set for a few epochs (speed and parity do not
 need a converged model), exports it to ONNX and TorchScript, then measures
 
 - parity: the largest absolute difference between each exported file's image scores and PyTorch's, over
@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import Outcome, Settings, at_most, info
+from benchmarks.common import BENCH_PRESET, Outcome, Settings, at_most, info
 from maae.config import MAAEConfig
 
 NAME = "deploy_speed"
@@ -121,7 +121,7 @@ def measure(config: MAAEConfig, data_root: Path, work: Path, threads: list[int])
 
 
 def run(settings: Settings) -> Outcome:
-    """The suite's entry: the quick preset (the tiny model with ``--tiny``), 1 thread and ``--threads``."""
+    """The suite's entry: the sweep preset (the tiny model with ``--tiny``), 1 thread and ``--threads``."""
     config = settings.config(epochs=TINY_EPOCHS if settings.tiny else EPOCHS)
     results = measure(config, settings.data_root, settings.scratch(NAME), sorted({1, settings.threads}))
     top = max(results["threads"])
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="maae-deploy-"))
-    results = measure(preset("quick").replace(epochs=args.epochs), embedded_data_root(0), work,
+    results = measure(preset(BENCH_PRESET).replace(epochs=args.epochs), embedded_data_root(0), work,
                       sorted({1, os.cpu_count() or 1}))
     print(pd.Series(results).to_string())
     if args.out:

@@ -14,7 +14,7 @@ forward pass) and reports the ceiling they allow: (decode + backbone + cached ep
 same comparison at the paper preset (EfficientNet-b4 with random weights, 256 px, depth 18; one category,
 a smaller batch so that CPU epochs stay short) shows how the ratio moves with the backbone's share.
 
-The JSON's top level holds ``feature_cache_speedup`` and ``feature_cache_ceiling`` (the quick preset's). The
+The JSON's top level holds ``feature_cache_speedup`` and ``feature_cache_ceiling`` (the sweep preset's). The
 speedup has no target any more: the earlier 3x was withdrawn once the ceiling (about 2x for EfficientNet-Lite0
 and this auto encoder) showed it out of reach; the table shows how much of the ceiling the cache reaches.
 """

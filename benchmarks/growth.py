@@ -1,6 +1,6 @@
 """Benchmark 5: how a training step's time and memory grow with tokens N, depth and batch size.
 
-Each sweep changes one thing of the quick preset and measures, per point, the median step time (points timed
+Each sweep changes one thing of the sweep preset and measures, per point, the median step time (points timed
 in alternation), the FLOPs of the step, and the activation memory the step keeps for backward (the bytes of
 the distinct tensors autograd saves, counted with ``saved_tensors_hooks``: exact, and free of the noise of a
 shared machine). A log-log fit gives the measured exponent, to hold against the expected one:

@@ -1,4 +1,4 @@
-"""Benchmark 4: images/s and peak memory of ``maae.predict.predict`` at the quick and the paper preset.
+"""Benchmark 4: images/s and peak memory of ``maae.predict.predict`` at the sweep and the paper preset.
 
 Each preset runs in a fresh Python process, so that its peak resident memory is its own: the child loads the
 run, resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), calls ``predict`` once (cold: it builds the
@@ -6,9 +6,9 @@ backbone, allocates its buffers, writes the heatmaps) and reads the peak (``VmHW
 memory before the call is the memory ``predict`` needs. (``ru_maxrss`` is not used: Linux carries it over
 from the forked parent across ``exec``, so a child started by a big parent reports the parent's size.)
 A second call on the same images gives the steady images/s (it still rebuilds the backbone, as every call
-of ``predict`` does). ``predict_images_per_s`` is the quick preset's steady value.
+of ``predict`` does). ``predict_images_per_s`` is the sweep preset's steady value.
 
-- quick: a checkpoint trained here for one epoch on cached features of the embedded set.
+- sweep: a checkpoint trained here for one epoch on cached features of the embedded set.
 - paper: EfficientNet-b4 at 256 px with the paper's 18-layer auto encoder, on a few images. The hub weights
   are not reachable offline, so the backbone is a randomly initialised timm ``efficientnet_b4`` saved to a
   local file (``backbone_weights=<path>``) and the auto encoder is untrained: timing and memory do not
@@ -62,7 +62,7 @@ TINY = Sizes(quick_categories=1, paper_images=1, train_epochs=1)
 # ------------------------------------------------------------------------------------------- parent ---
 
 def _quick_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[Path, list[Path]]:
-    """Train the quick preset briefly on cached features; return the run folder and the test images."""
+    """Train the sweep preset briefly on cached features; return the run folder and the test images."""
     import torch
 
     from maae.data import list_samples, resolve_categories
@@ -133,8 +133,8 @@ def run(settings: Settings) -> Outcome:
     quick, paper = results["quick"], results[PAPER_PRESET]
     paper["note"] = RANDOM_WEIGHTS_NOTE
     checks = [
-        info(NAME, "quick: images/s (steady)", quick["images_per_second"]),
-        info(NAME, "quick: peak memory of predict", quick["peak_delta_mib"], " MiB"),
+        info(NAME, "sweep: images/s (steady)", quick["images_per_second"]),
+        info(NAME, "sweep: peak memory of predict", quick["peak_delta_mib"], " MiB"),
         info(NAME, "paper: images/s (steady, random b4)", paper["images_per_second"]),
         info(NAME, "paper: peak memory of predict", paper["peak_delta_mib"], " MiB"),
     ]

@@ -1,6 +1,6 @@
 """Benchmark 2: what running trainings through the study platform (Ray Tune; Ray Train for multi-worker trials) costs.
 
-The same four tiny trainings (the quick preset on one category, seeds 0-3, grid file
+The same four tiny trainings (the sweep preset on one category, seeds 0-3, grid file
 ``benchmarks/ray_overhead.yaml``) run as four sequential ``python -m maae train --set seed=N`` commands and as
 one ``python study/run.py --space benchmarks/ray_overhead.yaml`` command (Ray start-up included), both timed
 as whole commands. Two comparisons, each timed side by side:
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    BENCH_PRESET,
     PYTHON,
     REPO_ROOT,
     CommandResult,
@@ -84,7 +85,7 @@ class StudyFailedError(RuntimeError):
 
 
 def _train_command(data: Path, category: str, epochs: int, seed: int, out: Path) -> list[str]:
-    return [PYTHON, "-m", "maae", "train", "--data", str(data), "--preset", "quick", "--categories", category,
+    return [PYTHON, "-m", "maae", "train", "--data", str(data), "--preset", BENCH_PRESET, "--categories", category,
             "--set", f"epochs={epochs}", "--set", f"seed={seed}", "--out", str(out)]
 
 

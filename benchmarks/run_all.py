@@ -8,7 +8,7 @@
 The JSON's top level holds the headline numbers (``feature_cache_speedup``, ``feature_cache_ceiling``,
 ``ray_overhead_ratio``, ``ray_cost_per_trial_s``, ``optuna_inprocess_ratio``, ``demo_cpu_utilisation``,
 ``demo_speedup_vs_baseline``, ``train_step_flops_fraction``, ``predict_images_per_s``,
-``standard_preset_epoch_ratio`` and a few more; ``null``
+``quick_preset_epoch_ratio`` and a few more; ``null``
 when not measured), the table
 rows under ``checks``, each benchmark's details under ``benchmarks``, and the machine under ``environment``.
 Exit status 1 when a benchmark crashed (its numbers are then ``null`` and its error is in the JSON), else 0:
@@ -70,7 +70,7 @@ BENCHMARKS = {
     "inference": inference,
     "deploy_speed": deploy_speed,  # export parity, onnxruntime / TorchScript / torch images/s
     "trial_start": trial_start,  # a trial process's imports and evaluation metrics
-    "lever_cost": lever_cost,  # issue 11's levers: s/epoch and s/evaluation against the quick preset's
+    "lever_cost": lever_cost,  # issue 11's levers: s/epoch and s/evaluation against the sweep preset's
     "ray_overhead": ray_overhead,
     "optuna_inprocess": optuna_inprocess,
     "demo": demo,  # the longest (two default demos): last
@@ -78,7 +78,7 @@ BENCHMARKS = {
 HEADLINE_KEYS = ("feature_cache_speedup", "feature_cache_ceiling", "ray_overhead_ratio", "ray_cost_per_trial_s",
                  "optuna_inprocess_ratio", "demo_cpu_utilisation", "demo_speedup_vs_baseline",
                  "train_step_flops_fraction", "predict_images_per_s", "trial_import_seconds",
-                 "metrics_speedup_vs_sklearn", "standard_preset_epoch_ratio")
+                 "metrics_speedup_vs_sklearn", "quick_preset_epoch_ratio")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 # One intra-op thread by default: on a shared 2-core machine two threads make a step several times slower and
 # its time erratic (measured by train_step's threads=2 variant); pass --threads to choose.

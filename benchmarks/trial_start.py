@@ -8,7 +8,7 @@ in alternation:
 
 - imports: a fresh interpreter importing the trial's code, against the same plus ``sklearn.metrics`` (what
   the trial process imported before);
-- ranking metrics (AUROC, AP, F1-max) on one category's pixels at the quick preset's image size (as many
+- ranking metrics (AUROC, AP, F1-max) on one category's pixels at the sweep preset's image size (as many
   maps as the category has test images; scores and masks drawn at random, seeded): ``maae.metrics``'s own
   sort against the sklearn route it replaced (``roc_curve`` without dropping points, then counts).
 """

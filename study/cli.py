@@ -257,10 +257,40 @@ def _check_resume(plan: Plan) -> dict[str, Any]:
         raise ConfigError(f"{study_file}: unreadable ({err}); cannot resume") from None
     now = _study_identity(plan)
     for key in RESUME_KEYS:
+        if key == "preset" and before.get("base_config"):
+            continue  # the settings are compared instead: a renamed preset with the same values may resume
         if key in before and before[key] != now[key]:
             raise ConfigError(f"--resume: {key} differs from the study in {plan.results_dir} (was "
                               f"{_short(before[key])}, now {_short(now[key])}); expected the same command")
+    _check_same_base(before.get("base_config"), plan)
     return before
+
+
+def _check_same_base(saved: dict[str, Any] | None, plan: Plan) -> None:
+    """Refuse to resume when the command now resolves to other settings than the study started with (a preset
+    whose values changed since): its remaining trials would silently train another model than its first ones.
+    The error names the preset that has the saved settings, when one does."""
+    if not saved:  # studies from before base_config was recorded
+        return
+    changed = _changed_fields(saved, plan.base)
+    if not changed:
+        return
+    overrides = parse_set_arguments(list(plan.args.set))
+    if plan.args.epochs is not None:
+        overrides["epochs"] = plan.args.epochs
+    matching = [name for name in PRESETS
+                if not _changed_fields(saved, base_config(plan.space, preset_name=name, overrides=overrides))]
+    hint = f"resume with --preset {matching[0]}, which has them" if matching else "expected the same settings"
+    raise ConfigError(f"--resume: preset {plan.preset!r} now resolves to other settings than the study in "
+                      f"{plan.results_dir} started with ({'; '.join(changed[:4])}); {hint}")
+
+
+def _changed_fields(saved: dict[str, Any], base: MAAEConfig) -> list[str]:
+    import json
+
+    now = json.loads(json.dumps(as_plain(base.to_dict()), default=str))
+    return [f"{key} was {saved[key]!r}, now {now[key]!r}" for key in sorted(saved)
+            if key in now and saved[key] != now[key]]
 
 
 def _short(value: Any) -> str:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from maae.config import PRESETS, MAAEConfig, preset
+from maae.config import PRESETS, RENAMED_PRESETS, MAAEConfig, preset
 from maae.errors import ConfigError
 from study.protocol import (
     DEFAULT_METRIC,
@@ -233,6 +233,9 @@ def parse_space(raw: Any, path: Path | str = "<space>") -> StudySpace:
         raise ConfigError(f"{src}: description: expected text, got {description!r}")
     metrics, modes = _parse_objectives(raw, src)
     preset_name = raw.get("preset")
+    if preset_name in RENAMED_PRESETS:
+        raise ConfigError(f"{src}: preset: {preset_name!r} no longer exists, its settings are now "
+                          f"{RENAMED_PRESETS[preset_name]!r}; expected one of {', '.join(PRESETS)}")
     if preset_name is not None and preset_name not in PRESETS:
         raise ConfigError(f"{src}: preset: expected one of {', '.join(PRESETS)}, got {preset_name!r}")
 

@@ -27,7 +27,7 @@ class AdaptiveNoiseGenerator(nn.Module):
       decides *where* (which tokens and channels) the noise goes - the paper's stated purpose of ANG.
       Without it, the paper's raw ``||W||_2`` term has a per-entry gradient of order 1/sqrt(N C) against the
       adversarial term's 1/(N C) (``L_e`` is a mean over N C elements), and W - with it all noise - decayed
-      to zero within a few dozen epochs of the quick preset (measured: |W| fell linearly from 110 to 29 in
+      to zero within a few dozen epochs of the sweep preset (measured: |W| fell linearly from 110 to 29 in
       34 epochs).
     * The penalty is ``R(W) = mean((W_hat - 1)^2)``: the L2 distance of the normalised weights from uniform
       noise, per element like ``L_e``. It is zero for the uniform start and grows with the deviation, so the

@@ -14,6 +14,7 @@ import torch
 
 from maae.calibration import THRESHOLD_METRIC_NAMES
 from maae.cli import build_config, main
+from maae.errors import ConfigError
 from maae.evaluation import THRESHOLD_COLUMNS, VERDICT_COLUMNS
 from maae.metrics import METRIC_NAMES
 from maae.run_folder import (
@@ -158,12 +159,17 @@ def test_build_config_layers_preset_paradigm_and_overrides():
     assert (paper.backbone, paper.image_size, paper.depth, paper.residual_every, paper.dilation) == (
         "efficientnet_b4", 256, 18, 3, 4)
     assert (paper.lambda_ang, paper.lambda_re, paper.batch_size, paper.lr) == (0.6, 1.0, 64, 1e-4)
-    # standard: the quick preset with a 12x12 token grid (192 px), cosine decay and the bilinear merge,
-    # nothing else changed
-    quick, standard = build_config("quick", None, []), build_config("standard", None, [])
-    assert standard.image_size // standard.token_stride == 12
-    assert not standard.use_ffm and quick.use_ffm
-    assert standard.replace(image_size=quick.image_size, lr_schedule=quick.lr_schedule, use_ffm=True) == quick
+    # quick: the sweep preset with a 12x12 token grid (192 px), cosine decay and the bilinear merge, nothing
+    # else changed; sweep keeps the 128 px settings (8x8 tokens) of the lever studies
+    quick, sweep = build_config("quick", None, []), build_config("sweep", None, [])
+    assert quick.image_size // quick.token_stride == 12 and sweep.image_size // sweep.token_stride == 8
+    assert (quick.lr_schedule, quick.use_ffm, sweep.lr_schedule, sweep.use_ffm) == ("cosine", False, "constant", True)
+    assert quick.replace(image_size=sweep.image_size, lr_schedule=sweep.lr_schedule, use_ffm=True) == sweep
+
+
+def test_a_preset_that_no_longer_exists_names_the_one_with_its_settings():
+    with pytest.raises(ConfigError, match="'standard' no longer exists; its settings are now the 'quick' preset"):
+        build_config("standard", None, [])
 
 
 @pytest.mark.parametrize("args,needle", [

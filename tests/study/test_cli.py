@@ -66,3 +66,28 @@ def test_only_trials_of_several_workers_start_the_local_dashboard() -> None:
     parser = build_parser()
     assert not parser.parse_args(["--space", "s.yaml"]).dashboard
     assert parser.parse_args(["--space", "s.yaml", "--dashboard"]).dashboard
+
+
+def test_resume_refuses_a_preset_whose_settings_changed_and_names_the_preset_that_has_them(
+        tmp_path: Path, tiny_data: Path, space_file: Callable[..., Path]) -> None:
+    """A study started when ``quick`` meant today's ``sweep`` settings: resuming it as ``quick`` would train
+    its remaining trials at other settings, so --resume says which preset has the saved ones."""
+    import json
+
+    from maae.errors import ConfigError
+    from study.cli import STUDY_FILE, _study_identity, validate
+    from study.space import as_plain
+
+    space = space_file(tmp_path, "renamed", fixed={"epochs": 1})
+    args = study_args(space, tiny_data, tmp_path / "results")
+    started = validate(build_parser().parse_args([*args, "--preset", "sweep"]))
+    started.results_dir.mkdir(parents=True)
+    record = {**_study_identity(started), "preset": "quick", "base_config": as_plain(started.base.to_dict())}
+    (started.results_dir / STUDY_FILE).write_text(json.dumps(record), encoding="utf-8")
+
+    with pytest.raises(ConfigError) as refused:
+        validate(build_parser().parse_args([*args, "--resume"]))
+    message = str(refused.value)
+    assert "\n" not in message and "lr_schedule was 'constant', now 'cosine'" in message
+    assert "resume with --preset sweep" in message
+    assert validate(build_parser().parse_args([*args, "--resume", "--preset", "sweep"])).base == started.base

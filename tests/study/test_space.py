@@ -151,7 +151,7 @@ def test_layering_preset_then_fixed_then_overrides(tmp_path: Path) -> None:
     space = load_space(write_space(tmp_path, {"preset": "quick", "fixed": {"epochs": 3, "depth": 4},
                                               **MINIMAL_SEARCH}))
     base = base_config(space, overrides={"epochs": 2})
-    assert base.epochs == 2 and base.depth == 4 and base.image_size == 128  # quick preset's size
+    assert base.epochs == 2 and base.depth == 4 and base.image_size == 192  # the quick preset's size
     assert base_config(space, preset_name="paper").backbone == "efficientnet_b4"
     fixed = study_overrides(space, {"epochs": 2}, base)
     assert fixed == {"epochs": 2, "depth": 4}
@@ -173,6 +173,11 @@ def test_a_combination_invalid_only_together_fails_per_trial_not_up_front(tmp_pa
     with pytest.raises(ConfigError, match="trial parameters: .*residual_every") as info:
         trial_config(base, {"depth": 1, "residual_every": 3})
     assert info.value.field == "residual_every"
+
+
+def test_a_space_naming_a_preset_that_no_longer_exists_is_told_where_its_settings_went(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"c\.yaml: preset: 'standard' no longer exists, its settings are now"):
+        load_space(write_space(tmp_path, {"preset": "standard", **MINIMAL_SEARCH}, "c.yaml"))
 
 
 def test_a_value_is_checked_alone_and_a_clash_with_another_fields_value_where_both_meet(tmp_path: Path) -> None:
