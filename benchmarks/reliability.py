@@ -123,11 +123,11 @@ class Bench:
         return self.cluster
 
     def start(self, cluster: LocalCluster, folder: Path, name: str, *extra: str,
-              grid: dict | None = None) -> tuple[faults.StudyRun, list[str]]:
+              grid: dict | None = None, env: dict[str, str] | None = None) -> tuple[faults.StudyRun, list[str]]:
         space = faults.write_space(folder, name, grid=grid)
         args = faults.cluster_args(space, self.data, folder / "results", cluster, folder / "storage", *extra)
-        run = faults.start_study(args, self.env, folder / "results" / name, folder / "storage" / name / "tune",
-                                 folder / f"{name}.log")
+        run = faults.start_study(args, {**self.env, **(env or {})}, folder / "results" / name,
+                                 folder / "storage" / name / "tune", folder / f"{name}.log")
         return run, args
 
     def undisturbed(self) -> pd.DataFrame:
@@ -168,7 +168,7 @@ def driver(bench: Bench) -> Try:
     cluster = bench.multinode()
     bench.undisturbed()
     folder = bench.folder("driver")
-    run, args = bench.start(cluster, folder, "driver", grid=faults.SHORT_GRID)
+    run, args = bench.start(cluster, folder, "driver", grid=faults.SHORT_GRID, env=faults.SAVE_STATE_EVERY_STEP)
     out = faults.driver_killed(run, [*args, "--resume"], bench.env, faults.EPOCHS, folder / "resumed.log")
     restarted = {victim: next((r["epoch"] for r in out.results[victim] if r["timestamp"] > out.fault_time), None)
                  for victim in out.victims}

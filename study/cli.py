@@ -314,6 +314,7 @@ def study_environment(*, local: bool, storage: str | None = None) -> dict[str, s
     from maae.synthetic import DATA_CACHE_ENV
 
     env = dict(cluster.STUDY_ENV)
+    env.update({key: os.environ[key] for key in cluster.USER_SETTABLE_ENV if os.environ.get(key)})
     if local:
         env.update(cluster.LOCAL_ENV)
     if os.environ.get(FEATURE_CACHE_ENV):

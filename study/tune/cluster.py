@@ -55,6 +55,10 @@ STUDY_ENV = {
     "RAY_AIR_NEW_OUTPUT": "0",
 }
 
+# Settings of STUDY_ENV that a user's own environment variable overrides: how often Tune saves its experiment
+# state is a trade (a save per step costs driver time on big studies, a long period re-runs more after a
+# kill), and a user or a test that needs a kill to land right after a save can set it.
+USER_SETTABLE_ENV = ("TUNE_GLOBAL_CHECKPOINT_S",)
 
 @dataclass(frozen=True)
 class ClusterResources:

@@ -91,3 +91,14 @@ def test_resume_refuses_a_preset_whose_settings_changed_and_names_the_preset_tha
     assert "\n" not in message and "lr_schedule was 'constant', now 'cosine'" in message
     assert "resume with --preset sweep" in message
     assert validate(build_parser().parse_args([*args, "--resume", "--preset", "sweep"])).base == started.base
+
+
+def test_the_state_save_period_is_the_studys_unless_the_user_sets_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from study.cli import study_environment
+
+    monkeypatch.delenv("TUNE_GLOBAL_CHECKPOINT_S", raising=False)
+    assert study_environment(local=True)["TUNE_GLOBAL_CHECKPOINT_S"] == cluster.STUDY_ENV["TUNE_GLOBAL_CHECKPOINT_S"]
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    assert study_environment(local=True)["TUNE_GLOBAL_CHECKPOINT_S"] == "0"
+    monkeypatch.setenv("RAY_AIR_NEW_OUTPUT", "1")  # not a setting the user overrides
+    assert study_environment(local=True)["RAY_AIR_NEW_OUTPUT"] == cluster.STUDY_ENV["RAY_AIR_NEW_OUTPUT"]

@@ -61,7 +61,11 @@ def cluster_args(space: Path, data: Path, results: Path, cluster: LocalCluster, 
 
 
 KILL_AFTER_EPOCHS = 2
-POLL_S = 0.1
+# The environment change of a study whose driver is killed: Tune saves its state at every step. A tiny trial's
+# 16 epochs can take a second, less than the study's 2-s save period, and the kill must land while a saved
+# state knows a checkpoint of a running trial (see driver_killed).
+SAVE_STATE_EVERY_STEP = {"TUNE_GLOBAL_CHECKPOINT_S": "0"}
+POLL_S = 0.05
 STUDY_TIMEOUT_S = 300
 GRID_KEY = "noise_intensity"
 

@@ -73,7 +73,8 @@ def test_a_driver_killed_with_kill_9_continues_with_resume(
         tmp_path: Path, tiny_data: Path, cluster_env: dict[str, str], two_workers: LocalCluster,
         undisturbed: tuple[Path, pd.DataFrame]) -> None:
     _, reference = undisturbed
-    run, args = start("driverdeath", tmp_path, tiny_data, two_workers, cluster_env, grid=SHORT_GRID)
+    run, args = start("driverdeath", tmp_path, tiny_data, two_workers, {**cluster_env, **faults.SAVE_STATE_EVERY_STEP},
+                      grid=SHORT_GRID)
     out = faults.driver_killed(run, [*args, "--resume"], cluster_env, EPOCHS, tmp_path / "resumed.log")
     assert out.details["killed_exit_code"] == -9
     assert out.completed(), out.last_line
