@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tests.study.helpers import REPO_ROOT, RUN, free_port, read_tables, study_args
 
+HEAD_START_TIMEOUT_S = 240
+
 
 def test_study_joins_a_cluster_started_with_ray_start(tmp_path: Path, tiny_data: Path, child_env: dict[str, str],
                                                       space_file: Callable[..., Path]) -> None:
@@ -25,12 +27,15 @@ def test_study_joins_a_cluster_started_with_ray_start(tmp_path: Path, tiny_data:
         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        # A guard against a hang, not a speed check: on a loaded 2-core machine `ray start --head` with its
+        # dashboard once needed more than 60 s to open its port.
+        deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
+                assert time.monotonic() < deadline, f"ray start --head opened no port in {HEAD_START_TIMEOUT_S} s"
                 time.sleep(0.5)
         space = space_file(tmp_path, "joined", fixed={"epochs": 1}, eval_every="final")
         out = subprocess.run([*RUN, *study_args(space, tiny_data, tmp_path / "results", "--address", address)],
