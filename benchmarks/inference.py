@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    BENCH_PRESET,
     PYTHON,
     Outcome,
     Settings,
@@ -50,18 +51,18 @@ CLEAR_PEAK_RSS = "5"
 
 @dataclass(frozen=True)
 class Sizes:
-    quick_categories: int
+    sweep_categories: int
     paper_images: int
     train_epochs: int
 
 
-FULL = Sizes(quick_categories=2, paper_images=8, train_epochs=1)
-TINY = Sizes(quick_categories=1, paper_images=1, train_epochs=1)
+FULL = Sizes(sweep_categories=2, paper_images=8, train_epochs=1)
+TINY = Sizes(sweep_categories=1, paper_images=1, train_epochs=1)
 
 
 # ------------------------------------------------------------------------------------------- parent ---
 
-def _quick_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[Path, list[Path]]:
+def _sweep_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[Path, list[Path]]:
     """Train the sweep preset briefly on cached features; return the run folder and the test images."""
     import torch
 
@@ -70,7 +71,7 @@ def _quick_checkpoint(settings: Settings, sizes: Sizes, folder: Path) -> tuple[P
     from maae.run_folder import save_checkpoint
 
     config = settings.config(epochs=sizes.train_epochs)
-    categories = resolve_categories(settings.data_root, None)[: sizes.quick_categories]
+    categories = resolve_categories(settings.data_root, None)[: sizes.sweep_categories]
     device = torch.device("cpu")
     data = prepare_data(config, settings.data_root, categories, device=device, cache_dir=settings.feature_cache_dir)
     session = TrainingSession(config, data, device=device)
@@ -124,25 +125,25 @@ def _run_child(settings: Settings, runs: dict[str, tuple[Path, list[Path]]]) -> 
 
 def run(settings: Settings) -> Outcome:
     sizes = TINY if settings.tiny else FULL
-    runs = {"quick": _quick_checkpoint(settings, sizes, settings.scratch(f"{NAME}-quick-run")),
+    runs = {BENCH_PRESET: _sweep_checkpoint(settings, sizes, settings.scratch(f"{NAME}-{BENCH_PRESET}-run")),
             PAPER_PRESET: _paper_checkpoint(settings, sizes, settings.scratch(f"{NAME}-paper-run"))}
     if settings.tiny:  # one process for both (saves a Python start-up; the peak mark is reset between them)
         results = _run_child(settings, runs)
     else:  # a fresh process per preset: nothing of one preset's allocations is left for the other to reuse
         results = {name: _run_child(settings, {name: run})[name] for name, run in runs.items()}
-    quick, paper = results["quick"], results[PAPER_PRESET]
+    sweep, paper = results[BENCH_PRESET], results[PAPER_PRESET]
     paper["note"] = RANDOM_WEIGHTS_NOTE
     checks = [
-        info(NAME, "sweep: images/s (steady)", quick["images_per_second"]),
-        info(NAME, "sweep: peak memory of predict", quick["peak_delta_mib"], " MiB"),
+        info(NAME, "sweep: images/s (steady)", sweep["images_per_second"]),
+        info(NAME, "sweep: peak memory of predict", sweep["peak_delta_mib"], " MiB"),
         info(NAME, "paper: images/s (steady, random b4)", paper["images_per_second"]),
         info(NAME, "paper: peak memory of predict", paper["peak_delta_mib"], " MiB"),
     ]
-    headline = {"predict_images_per_s": quick["images_per_second"],
-                "predict_peak_memory_mib": quick["peak_delta_mib"],
+    headline = {"predict_images_per_s": sweep["images_per_second"],
+                "predict_peak_memory_mib": sweep["peak_delta_mib"],
                 "predict_paper_images_per_s": paper["images_per_second"],
                 "predict_paper_peak_memory_mib": paper["peak_delta_mib"]}
-    return Outcome(headline, checks, {"quick": quick, "paper": paper, "threads": settings.threads})
+    return Outcome(headline, checks, {BENCH_PRESET: sweep, "paper": paper, "threads": settings.threads})
 
 
 # -------------------------------------------------------------------------------------------- child ---

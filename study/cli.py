@@ -161,13 +161,19 @@ def main(argv: Sequence[str] | None = None, prog: str = "python study/run.py") -
 
 # ------------------------------------------------------------------------------------ validation ---
 
+def _command_line_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The MAAEConfig fields the command line fixes: every ``--set``, and ``--epochs``."""
+    overrides = parse_set_arguments(list(args.set))
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
+    return overrides
+
+
 def validate(args: argparse.Namespace) -> Plan:
     """All checks that need no Ray, in order of cost; raises one-line MAAEErrors."""
     space = load_space(Path(args.space)).with_overrides(name=args.name, num_samples=args.num_samples,
                                                         repeats=args.repeats)
-    overrides = parse_set_arguments(list(args.set))
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
+    overrides = _command_line_overrides(args)
     base = base_config(space, preset_name=args.preset, overrides=overrides)
     check_against_base(space, base)
     fixed = study_overrides(space, overrides, base)
@@ -275,9 +281,7 @@ def _check_same_base(saved: dict[str, Any] | None, plan: Plan) -> None:
     changed = _changed_fields(saved, plan.base)
     if not changed:
         return
-    overrides = parse_set_arguments(list(plan.args.set))
-    if plan.args.epochs is not None:
-        overrides["epochs"] = plan.args.epochs
+    overrides = _command_line_overrides(plan.args)
     matching = [name for name in PRESETS
                 if not _changed_fields(saved, base_config(plan.space, preset_name=name, overrides=overrides))]
     hint = f"resume with --preset {matching[0]}, which has them" if matching else "expected the same settings"

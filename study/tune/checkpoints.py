@@ -41,7 +41,7 @@ KEEP_AFTER_SUPERSEDED_S = 10 * STATE_SAVE_PERIOD_S
 
 @dataclass
 class _Kept:
-    """One trial's checkpoints still on storage, oldest first, and when the newest was registered."""
+    """One trial's checkpoints still on storage, oldest first, and when each was superseded."""
 
     filesystem: Any
     paths: list[str] = field(default_factory=list)
@@ -67,8 +67,7 @@ class CheckpointPruner(tune.Callback):
 
     # Tune hooks ---------------------------------------------------------------------------------
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        self.register(trial.trial_id, checkpoint.filesystem, str(checkpoint.path))
-        self.prune()
+        self.register(trial.trial_id, checkpoint.filesystem, str(checkpoint.path))  # pruned at the step's end
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         self.prune()

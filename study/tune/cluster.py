@@ -60,6 +60,7 @@ STUDY_ENV = {
 # kill), and a user or a test that needs a kill to land right after a save can set it.
 USER_SETTABLE_ENV = ("TUNE_GLOBAL_CHECKPOINT_S",)
 
+
 @dataclass(frozen=True)
 class ClusterResources:
     """What the cluster offers: totals, and the largest single node (a worker never spans nodes)."""
