@@ -35,6 +35,9 @@ RESULT_TRAIN_SECONDS = "train_seconds"
 RESULT_WORLD_SIZE = "world_size"
 RESULT_STOPPED = "stopped"
 RESULT_NODE_ID = "node_id"  # the Ray node the reporting process (rank 0) runs on: where the epoch trained
+# A one-worker trial's torch intra-op threads for the epoch (its CPUs then: a resized trial's grow). Absent from a
+# Ray Train trial's results (its workers keep their shape).
+RESULT_INTRA_OP_THREADS = "intra_op_threads"
 # Seed repeats (a space's ``repeats: k``): a trial trains its configuration with seeds base, base + 1, ...,
 # base + k - 1 and reports, every epoch, the mean over them under the keys above (the metric names, LOSS,
 # NOISE_PENALTY and PER_CATEGORY: category -> metric -> mean over the seeds), which is what Optuna and ASHA
@@ -113,4 +116,7 @@ NODE_ID = "node_id"  # the Ray node of the trial's last report (on a cluster: wh
 TRIAL_RESULT_COLUMNS = (*METRIC_NAMES, LOSS, EPOCHS_DONE, SECONDS, N_SEEDS, SEEDS, ERROR, NODE_ID)
 # One row per trial, seed and category: each seed's own metrics (trials.csv and history.csv hold the means).
 PER_CATEGORY_COLUMNS = (TRIAL_ID, SEED_COLUMN, CATEGORY, *METRIC_NAMES)
-HISTORY_COLUMNS = (TRIAL_ID, EPOCH, LOSS, *METRIC_NAMES)
+INTRA_OP_THREADS = RESULT_INTRA_OP_THREADS
+# history.csv also records the threads each epoch trained with: Tune's own result.json cannot, since Tune
+# replaces it with its last uploaded copy when it restarts a resized trial, losing the results in between.
+HISTORY_COLUMNS = (TRIAL_ID, EPOCH, LOSS, *METRIC_NAMES, INTRA_OP_THREADS)

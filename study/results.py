@@ -39,6 +39,7 @@ from study.protocol import (
     FAILED,
     HISTORY_COLUMNS,
     HISTORY_FILE,
+    INTRA_OP_THREADS,
     LOSS,
     METRIC_NAMES,
     MODE_MAX,
@@ -52,6 +53,7 @@ from study.protocol import (
     RESULT_ERROR,
     RESULT_EVALUATED,
     RESULT_FINAL,
+    RESULT_INTRA_OP_THREADS,
     RESULT_LOSS,
     RESULT_NODE_ID,
     RESULT_PER_CATEGORY,
@@ -190,7 +192,8 @@ class StudyRecorder:
             return
         epoch = int(result[RESULT_EPOCH])
         record.epochs_done = max(record.epochs_done, epoch)
-        row: dict[str, Any] = {TRIAL_ID: trial_id, EPOCH: epoch, LOSS: _number(result.get(RESULT_LOSS))}
+        row: dict[str, Any] = {TRIAL_ID: trial_id, EPOCH: epoch, LOSS: _number(result.get(RESULT_LOSS)),
+                               INTRA_OP_THREADS: _number(result.get(RESULT_INTRA_OP_THREADS))}
         if result.get(RESULT_LOSS) is not None:
             record.loss = _number(result[RESULT_LOSS])
         if result.get(RESULT_EVALUATED):
@@ -236,7 +239,7 @@ class StudyRecorder:
 
     def history_frame(self) -> pd.DataFrame:
         rows = [record.history[epoch] for record in self.trials.values() for epoch in sorted(record.history)]
-        return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
+        return _integer_columns(pd.DataFrame(rows, columns=list(HISTORY_COLUMNS)), (INTRA_OP_THREADS,))
 
     def write(self) -> None:
         """Write ``trials.csv``, ``per_category.csv`` and ``history.csv`` (each atomically)."""

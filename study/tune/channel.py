@@ -26,9 +26,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from study.protocol import RESULT_INTRA_OP_THREADS
+
 T = TypeVar("T")
-# Extra key of a one-worker trial's reports: the torch intra-op threads it trained with (its CPUs then).
-RESULT_INTRA_OP_THREADS = "intra_op_threads"
 # Where a one-worker trial stages the checkpoint folder it reports (one per trial, replaced at each report).
 STAGING_PREFIX = "maae-trial-staged-"
 

@@ -155,3 +155,33 @@ def test_a_trial_without_seed_repeats_has_one_seed(tmp_path: Path) -> None:
     assert again.trials["a"].per_category["y"]["image_auroc"] == pytest.approx(0.5)
     again.write()
     assert set(pd.read_csv(tmp_path / protocol.PER_CATEGORY_FILE).seed) == {0}
+
+
+def test_history_records_the_threads_every_epoch_trained_with_and_keeps_them_on_resume(tmp_path: Path) -> None:
+    """A resized one-worker trial's epochs, each with the intra-op threads it trained with; a Ray Train trial
+    reports none (empty cells). Written as integers, and read back by ``--resume``; a history written before
+    the column existed still loads."""
+    recorder = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr"],
+                             hyper_values=lambda p: {"lr": p["lr"]})
+    recorder.observe(TrialSnapshot("grown", "RUNNING", {"lr": 0.1}))
+    for epoch, threads in ((1, 1), (2, 1), (3, 2)):
+        recorder.add_result("grown", {"epoch": epoch, "epochs": 4, "loss": 1.0 / epoch, "evaluated": False,
+                                      protocol.RESULT_INTRA_OP_THREADS: threads})
+    recorder.observe(TrialSnapshot("ddp", "RUNNING", {"lr": 0.2}))
+    recorder.add_result("ddp", {"epoch": 1, "epochs": 4, "loss": 0.5, "evaluated": False, "world_size": 2})
+    recorder.write()
+    written = (tmp_path / protocol.HISTORY_FILE).read_text()
+    assert [line.rsplit(",", 1)[1] for line in written.splitlines()[1:]] == ["1", "1", "2", ""]  # integers
+    history = pd.read_csv(tmp_path / protocol.HISTORY_FILE, dtype={"trial_id": str})
+    grown = history[history.trial_id == "grown"]
+    assert list(zip(grown.epoch, grown[protocol.INTRA_OP_THREADS], strict=True)) == [(1, 1), (2, 1), (3, 2)]
+    assert history[history.trial_id == "ddp"][protocol.INTRA_OP_THREADS].isna().all()
+
+    again = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr"], hyper_values=dict)
+    again.load_existing()
+    assert [again.trials["grown"].history[epoch][protocol.INTRA_OP_THREADS] for epoch in (1, 2, 3)] == [1, 1, 2]
+    history.drop(columns=protocol.INTRA_OP_THREADS).to_csv(tmp_path / protocol.HISTORY_FILE, index=False)
+    older = StudyRecorder(tmp_path, metric="image_auroc", mode="max", hyper_columns=["lr"], hyper_values=dict)
+    older.load_existing()
+    assert sorted(older.trials["grown"].history) == [1, 2, 3]
+    assert protocol.INTRA_OP_THREADS not in older.trials["grown"].history[3]
