@@ -78,6 +78,7 @@ def bank_key(train_samples: Sequence, backbone_fingerprint: str, image_size: int
 
 def fit_memory_bank(
     train: Sequence[StageFeatures], config: BaselineConfig, *, batch_size: int, device: torch.device,
+    progress: ProgressFn | None = None,
 ) -> tuple[torch.Tensor, int]:
     """(bank patches, number of patches before the coreset) from the training features of all categories."""
     parts = [flatten_patches(descriptors)
@@ -86,6 +87,11 @@ def fit_memory_bank(
     patches = torch.cat(parts, dim=0)
     source = patches.shape[0]
     if source > config.coreset_max_patches:
+        if progress:
+            # One pass over the whole bank per chosen patch: on a CPU this can take hours, so say so first.
+            progress(f"baseline memory bank: choosing {config.coreset_max_patches:,} of {source:,} patches by "
+                     f"greedy coreset on {device} (one pass over the bank per chosen patch; lower "
+                     f"coreset_max_patches, or raise it to keep the bank whole, if this is too slow)")
         selection = greedy_coreset(patches, config.coreset_max_patches, projection_dim=config.projection_dim,
                                    seed=config.seed)
         patches = patches[selection.indices]
@@ -99,7 +105,7 @@ def load_or_fit_bank(
     """The memory bank: read from ``cache_root/<key>`` when complete, else fitted (and cached if a root)."""
     if cache_root is None:
         started = time.perf_counter()
-        patches, source = fit_memory_bank(train, config, batch_size=batch_size, device=device)
+        patches, source = fit_memory_bank(train, config, batch_size=batch_size, device=device, progress=progress)
         return MemoryBank(patches, source, key, None, True, time.perf_counter() - started)
     entry = Path(cache_root) / key
     fitted, seconds = False, 0.0
@@ -108,7 +114,8 @@ def load_or_fit_bank(
         with file_lock(entry.with_suffix(".lock")):
             if not _complete(entry):  # another process may have fitted it while we waited
                 started = time.perf_counter()
-                patches, source = fit_memory_bank(train, config, batch_size=batch_size, device=device)
+                patches, source = fit_memory_bank(train, config, batch_size=batch_size, device=device,
+                                                  progress=progress)
                 _publish(entry, patches, source, config)
                 fitted, seconds = True, time.perf_counter() - started
                 if progress:

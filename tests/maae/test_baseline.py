@@ -156,7 +156,7 @@ def test_without_the_feature_cache_nothing_is_written(tiny_data: Path, tmp_path:
 
 # ------------------------------------------------------------------------------------ command line ---
 
-def test_the_command_line_writes_the_run_folder(tiny_data: Path, tmp_path: Path):
+def test_the_command_line_writes_the_run_folder(tiny_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     out = tmp_path / "run"
     code = main(["baseline", "--data", str(tiny_data), "--categories", ",".join(CATEGORIES), "--out", str(out),
                  *_set_args([*TINY_SIZE, "coreset_max_patches=1000"])])
@@ -170,6 +170,7 @@ def test_the_command_line_writes_the_run_folder(tiny_data: Path, tmp_path: Path)
     assert saved["baseline"]["coreset_max_patches"] == 1000
     # 2 categories x 8 images x 16 x 16 patches, subsampled by the coreset.
     assert saved["memory_bank"]["patches"] == 1000 and saved["memory_bank"]["source_patches"] == 2 * 8 * 256
+    assert "choosing 1,000 of 4,096 patches by greedy coreset" in capsys.readouterr().err  # said before it starts
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["epochs"] == 0 and all(0.0 <= metrics[name] <= 1.0 for name in METRIC_NAMES)
     per_category = pd.read_csv(out / "per_category.csv")
@@ -207,3 +208,22 @@ def test_the_baselines_smoothing_follows_the_preset():
     assert baseline.anomaly_map_sigma == preset("paper").anomaly_map_sigma == config.anomaly_map_sigma
     _, quick = build_baseline_configs("quick", ["anomaly_map_sigma=0.5"])
     assert quick.anomaly_map_sigma == 0.5
+
+
+def test_the_default_keeps_the_embedded_sets_bank_whole_at_every_preset() -> None:
+    """The report computes the baseline at a study's image size with the default settings. Above the limit the
+    greedy coreset reads the whole bank once per chosen patch: hours on a CPU for the quick preset's bank
+    (see maae.baseline.config), so the default must hold every preset's bank of the embedded set whole."""
+    import inspect
+
+    from maae.backbone import FEATURE_STAGES
+    from maae.baseline.config import BaselineConfig
+    from maae.config import PRESETS
+    from maae.synthetic import CATEGORY_NAMES, generate_dataset
+
+    config = BaselineConfig()
+    stride = 2 ** (FEATURE_STAGES[config.grid_stage] + 1)  # EfficientNet stages: strides 2, 4, 8, 16
+    train_images = len(CATEGORY_NAMES) * inspect.signature(generate_dataset).parameters["train_per_category"].default
+    patches = {name: train_images * (preset(name).image_size // stride) ** 2 for name in PRESETS}
+    assert patches == {"sweep": 368_640, "quick": 829_440, "paper": 1_474_560}
+    assert config.coreset_max_patches >= max(patches.values())
