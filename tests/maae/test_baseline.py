@@ -225,5 +225,5 @@ def test_the_default_keeps_the_embedded_sets_bank_whole_at_every_preset() -> Non
     stride = 2 ** (FEATURE_STAGES[config.grid_stage] + 1)  # EfficientNet stages: strides 2, 4, 8, 16
     train_images = len(CATEGORY_NAMES) * inspect.signature(generate_dataset).parameters["train_per_category"].default
     patches = {name: train_images * (preset(name).image_size // stride) ** 2 for name in PRESETS}
-    assert patches == {"sweep": 368_640, "quick": 829_440, "paper": 1_474_560}
+    assert patches == {"sweep": 368_640, "quick": 829_440, "highres": 1_474_560, "paper": 1_474_560}
     assert config.coreset_max_patches >= max(patches.values())

@@ -165,6 +165,9 @@ def test_build_config_layers_preset_paradigm_and_overrides():
     assert quick.image_size // quick.token_stride == 12 and sweep.image_size // sweep.token_stride == 8
     assert (quick.lr_schedule, quick.use_ffm, sweep.lr_schedule, sweep.use_ffm) == ("cosine", False, "constant", True)
     assert quick.replace(image_size=sweep.image_size, lr_schedule=sweep.lr_schedule, use_ffm=True) == sweep
+    # highres: quick with the paper's 16x16 token grid (256 px), nothing else changed
+    highres = build_config("highres", None, [])
+    assert highres.image_size // highres.token_stride == 16 and highres.replace(image_size=quick.image_size) == quick
 
 
 def test_a_preset_that_no_longer_exists_names_the_one_with_its_settings():
