@@ -78,7 +78,7 @@ BENCHMARKS = {
 HEADLINE_KEYS = ("feature_cache_speedup", "feature_cache_ceiling", "ray_overhead_ratio", "ray_cost_per_trial_s",
                  "optuna_inprocess_ratio", "demo_cpu_utilisation", "demo_speedup_vs_baseline",
                  "train_step_flops_fraction", "predict_images_per_s", "trial_import_seconds",
-                 "metrics_speedup_vs_sklearn", "quick_preset_epoch_ratio")
+                 "metrics_speedup_vs_sklearn", "quick_preset_epoch_ratio", "highres_preset_epoch_ratio")
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 # One intra-op thread by default: on a shared 2-core machine two threads make a step several times slower and
 # its time erratic (measured by train_step's threads=2 variant); pass --threads to choose.

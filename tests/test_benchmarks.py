@@ -14,10 +14,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 HEADLINE_KEYS = ("feature_cache_speedup", "feature_cache_ceiling", "ray_overhead_ratio", "ray_cost_per_trial_s",
                  "optuna_inprocess_ratio", "demo_cpu_utilisation", "demo_speedup_vs_baseline",
                  "train_step_flops_fraction", "predict_images_per_s", "trial_import_seconds",
-                 "metrics_speedup_vs_sklearn", "quick_preset_epoch_ratio")
+                 "metrics_speedup_vs_sklearn", "quick_preset_epoch_ratio", "highres_preset_epoch_ratio")
 MEASURED_IN_TINY = ("feature_cache_speedup", "feature_cache_ceiling", "train_step_flops_fraction",
                     "predict_images_per_s", "trial_import_seconds", "metrics_speedup_vs_sklearn",
-                    "quick_preset_epoch_ratio")
+                    "quick_preset_epoch_ratio", "highres_preset_epoch_ratio")
 # Benchmarks that need Ray (or whole demos): --tiny reports null with the reason instead.
 NULL_IN_TINY = {"ray_overhead": ("ray_overhead_ratio", "ray_cost_per_trial_s"),
                 "optuna_inprocess": ("optuna_inprocess_ratio",),
@@ -53,9 +53,12 @@ def test_tiny_suite_writes_every_headline_number(tmp_path: Path) -> None:
     assert set(results["benchmarks"]) == set(BENCHMARKS)
     assert not [name for name, record in results["benchmarks"].items() if "error" in record]
     levers = results["benchmarks"]["lever_cost"]["details"]["levers"]
-    assert set(levers) == {"sweep", "image_size=192", "token_stride=8", "preset quick"}
+    assert set(levers) == {"sweep", "image_size=192", "token_stride=8", "preset quick", "preset highres"}
     assert levers["sweep"]["changes"] == {} and all(row["changes"] for name, row in levers.items() if name != "sweep")
     assert levers["preset quick"]["changes"]["use_ffm"] is False  # the quick preset's merge, not sweep's
+    assert levers["preset highres"]["changes"] == {**levers["preset quick"]["changes"],
+                                                   "image_size": levers["preset highres"]["changes"]["image_size"]}
+    assert levers["preset highres"]["changes"]["image_size"] > levers["preset quick"]["changes"]["image_size"]
     shares = results["benchmarks"]["train_step"]["details"]["profile"]["share"]
     assert set(shares) == set(PROFILE_PARTS)
     assert sum(shares.values()) == pytest.approx(1.0)
