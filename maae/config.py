@@ -181,7 +181,7 @@ def preset(name: str) -> MAAEConfig:
       less than half the cost per epoch; the settings of the README's 128 px studies (``quick`` before
       2026-12-03), kept so that they stay reproducible and for searches that must be cheap.
     - ``highres``: ``quick`` at 256 px (16x16 tokens, the paper's grid); the best pixel AUROC and AUPRO measured
-      on both embedded sets, at about 2.3x quick's cost per epoch (outside quick's 5-minute budget on 2 cores).
+      on both embedded sets, at about 2.1x quick's cost per epoch (outside quick's 5-minute budget on 2 cores).
     - ``paper``: the paper's settings (EfficientNet-b4, 256 px, depth 18, 200 epochs); for GPUs.
     """
     if name == "paper":
