@@ -45,9 +45,9 @@ class BaselineConfig:
     # reads the whole bank once per chosen patch, so for one evaluation it costs more than the exact search
     # it shortens whenever it keeps more patches than the test set has: choosing 500,000 of the quick
     # preset's 829,440 patches (6 x 60 images x 48 x 48 at 192 px) would take about 3.4 hours on one CPU
-    # thread (extrapolated from 250 steps in 6.1 s), the whole-bank search about 15 minutes. So the limit
-    # only bounds memory: the default keeps every preset's bank of the embedded set whole, the paper preset's
-    # too (1,474,560 patches of 88 floats at 256 px, 519 MB; 704 MB at the limit).
+    # thread (extrapolated from 250 steps in 6.1 s, timed beside another job), the whole-bank search about
+    # 15 minutes. So the limit only bounds memory: the default keeps every preset's bank of the embedded set
+    # whole, the paper preset's too (1,474,560 patches of 88 floats at 256 px, 519 MB; 704 MB at the limit).
     coreset_max_patches: int = 2_000_000
     # Dimension of the random projection used for the coreset's distances; skipped (exact distances) when
     # the patch descriptor has no more dimensions than this, or when 0.
